@@ -1,0 +1,3 @@
+from adeblur.cli import main
+
+raise SystemExit(main())

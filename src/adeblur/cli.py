@@ -1,0 +1,182 @@
+"""The ``adeblur`` command line: parses arguments, calls the library, renders progress and tables.
+
+The command-line contract (commands, options, JSON keys, exit codes) is fixed by DESIGN.md; other tools
+rely on it. Exit status: 0 on success, 1 on bad input (one line on standard error), 2 on a usage error,
+3 for a command that is not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from adeblur import __version__
+from adeblur.errors import AdeblurError
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+EXIT_NOT_BUILT = 3
+
+# Commands of the contract that later work will fill in: name -> what they will do.
+_NOT_BUILT_YET = {
+    "deblur": "deblurring images with a trained model",
+    "evaluate": "scoring a model on a dataset",
+    "train": "training from a YAML config",
+    "profile": "measuring parameters, MACs, time and memory of a model",
+    "export": "exporting a model to ONNX",
+    "models": "listing registered models and shipped weights",
+}
+
+
+class _NotBuiltYet(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse ``HxW`` (or a single ``N`` for a square)."""
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2 or min(numbers) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 256x256, got {text!r}")
+    return numbers[0], numbers[1]
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adeblur",
+        description="Spatially-adaptive motion deblurring: SAPHNet, SAPHNet with adaptive sampling, M2AENet.",
+    )
+    parser.add_argument("--version", action="version", version=f"adeblur {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = commands.add_parser("deblur", help="deblur images (files, folders, globs)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file or folder (default: <stem>_deblurred.<ext> beside each input)")
+    p.add_argument("--model", metavar="NAME", help="registered model name (see `adeblur models`)")
+    p.add_argument("--weights", metavar="PATH", help="weights file (.safetensors)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
+    p.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
+    p.add_argument("--save-mask", action="store_true", help="also write the predicted blur mask")
+    p.add_argument("--save-motion", action="store_true", help="also write the predicted motion field")
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write model-specific maps (attention, fusion, sampled pixels)")
+
+    p = commands.add_parser("evaluate", help="score a model on a dataset (PSNR, SSIM, weighted variants)")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--layout", choices=("paired", "gopro", "hide", "realblur", "reloblur"), default="paired")
+    p.add_argument("--model", metavar="NAME")
+    p.add_argument("--weights", metavar="PATH")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for standard output)")
+    p.add_argument("--csv", metavar="FILE", help="write per-image rows as CSV ('-' for standard output)")
+    p.add_argument("--save", metavar="DIR", help="also write the restored images here")
+
+    p = commands.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--resume", metavar="PATH")
+    p.add_argument("--set", action="append", default=[], metavar="key=value", help="override a config value")
+    p.add_argument("--max-minutes", type=float, metavar="M")
+
+    p = commands.add_parser("profile", help="parameters, MACs, time and peak memory of a model")
+    p.add_argument("--model", required=True, metavar="NAME")
+    p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW")
+    p.add_argument("--mask-fraction", type=_fraction, metavar="F")
+    p.add_argument("--compare-dense", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", metavar="FILE")
+
+    p = commands.add_parser("synth", help="write a synthetic paired dataset (blur/, sharp/, mask/ or kernel/)")
+    p.add_argument("--sharp", metavar="DIR",
+                   help="folder of sharp images (default: procedurally generated dead-leaves images)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must be empty)")
+    p.add_argument("--kind", required=True, choices=("local", "global"),
+                   help="local object motion (writes mask/) or global camera shake (writes kernel/)")
+    p.add_argument("--count", required=True, type=_positive_int, metavar="N")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--size", type=_size, metavar="HxW",
+                   help="crop sharp images to this size (dead leaves: their size; default 256x256)")
+
+    p = commands.add_parser("export", help="export a model's dense path to ONNX")
+    p.add_argument("--model", required=True, metavar="NAME")
+    p.add_argument("--weights", metavar="PATH")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+
+    commands.add_parser("models", help="list registered models and which have shipped weights")
+    return parser
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from adeblur.data.generate import write_synthetic_dataset
+
+    steps = write_synthetic_dataset(
+        Path(args.out),
+        kind=args.kind,
+        count=args.count,
+        seed=args.seed,
+        sharp_dir=Path(args.sharp) if args.sharp else None,
+        size=args.size,
+    )
+    with Progress(transient=False) as progress:
+        task = progress.add_task(f"synth {args.kind}", total=args.count)
+        for _name in steps:
+            progress.advance(task)
+    print(f"wrote {args.count} {args.kind}-blur pairs to {args.out}")
+    return EXIT_OK
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "synth": _run_synth,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        handler = _HANDLERS.get(args.command)
+        if handler is None:
+            raise _NotBuiltYet(_NOT_BUILT_YET[args.command])
+        return handler(args)
+    except _NotBuiltYet as what:
+        print(f"adeblur {args.command}: not built yet ({what}); it is planned, see the README's roadmap",
+              file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except AdeblurError as error:
+        message = " ".join(str(error).split())
+        print(f"adeblur {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"adeblur {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

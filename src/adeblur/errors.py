@@ -1,0 +1,31 @@
+"""Error types. Every error adeblur raises on bad input derives from :class:`AdeblurError`.
+
+The command-line interface turns any :class:`AdeblurError` into a one-line message and a non-zero
+exit status; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AdeblurError(Exception):
+    """Base class of the errors that describe bad input (files, data, options), not bugs."""
+
+
+class ImageError(AdeblurError, ValueError):
+    """An image file that cannot be read or written. The message names the file."""
+
+
+class DatasetError(AdeblurError, ValueError):
+    """A dataset folder that does not match its layout. The message lists the offenders."""
+
+
+class KernelError(AdeblurError, ValueError):
+    """A blur-kernel file or description that cannot be used."""
+
+
+class MetricError(AdeblurError, ValueError):
+    """Inputs a metric cannot score (shape mismatch, empty mask, ...)."""
+
+
+class ConfigError(AdeblurError, ValueError):
+    """A configuration key or value that is not valid."""
