@@ -149,8 +149,69 @@ def _run_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_json(data: object, target: str) -> None:
+    """Write ``data`` as JSON to standard output (``-``) or to the file ``target``, atomically."""
+    import json
+    import os
+    import secrets
+
+    text = json.dumps(data, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(target)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "x") as file:  # permissions follow the umask
+            file.write(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise AdeblurError(f"cannot write JSON {str(path)!r}: {error.strerror or error}") from error
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from adeblur.engine.profile import profile_model
+
+    report = profile_model(
+        args.model, size=args.size, mask_fraction=args.mask_fraction, compare_dense=args.compare_dense,
+        device=args.device,
+    )  # fmt: skip
+    if args.json:
+        _write_json(report, args.json)
+    if args.json == "-":  # standard output carries the JSON only
+        return EXIT_OK
+    table = Table(title=f"adeblur profile: {report['model']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    size = "x".join(map(str, report["size"]))
+    if report["input_size"] != report["size"]:
+        size += f" (padded to {'x'.join(map(str, report['input_size']))})"
+    table.add_row("size", size)
+    if report["mask_fraction"] is not None:
+        table.add_row("forced blur mask", f"{report['mask_fraction']:.1%} of the pixels")
+    table.add_row("device", f"{report['device']}, {report['threads']} CPU threads")
+    table.add_row("parameters", f"{report['params'] / 1e6:.3f} M")
+    table.add_row("MACs", f"{report['macs'] / 1e9:.3f} G")
+    timing = f"median of {report['repeats']} after {report['warmup']} warm-up"
+    table.add_row("time", f"{report['seconds']:.4f} s ({timing})")
+    peak = report["peak_mem_bytes"]
+    table.add_row("peak memory", "n/a" if peak is None else f"{peak / 2**20:.1f} MiB ({report['peak_mem_method']})")
+    if "seconds_dense" in report:
+        table.add_row("MACs dense / pruned", f"{report['macs_dense'] / 1e9:.3f} G / {report['macs_pruned'] / 1e9:.3f} G")
+        table.add_row("time dense / pruned", f"{report['seconds_dense']:.4f} s / {report['seconds_pruned']:.4f} s")
+        table.add_row("max |pruned - dense|", f"{report['max_abs_diff']:.3g}")
+    Console().print(table)
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": _run_synth,
+    "profile": _run_profile,
 }
 
 
