@@ -202,7 +202,8 @@ def _run_profile(args: argparse.Namespace) -> int:
     peak = report["peak_mem_bytes"]
     table.add_row("peak memory", "n/a" if peak is None else f"{peak / 2**20:.1f} MiB ({report['peak_mem_method']})")
     if "seconds_dense" in report:
-        table.add_row("MACs dense / pruned", f"{report['macs_dense'] / 1e9:.3f} G / {report['macs_pruned'] / 1e9:.3f} G")
+        macs = f"{report['macs_dense'] / 1e9:.3f} G / {report['macs_pruned'] / 1e9:.3f} G"
+        table.add_row("MACs dense / pruned", macs)
         table.add_row("time dense / pruned", f"{report['seconds_dense']:.4f} s / {report['seconds_pruned']:.4f} s")
         table.add_row("max |pruned - dense|", f"{report['max_abs_diff']:.3g}")
     Console().print(table)

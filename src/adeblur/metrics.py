@@ -327,12 +327,10 @@ def weighted_ssim(prediction: Tensor, target: Tensor, mask: Tensor, **kwargs: An
     return ssim(prediction, target, mask=mask, **kwargs)
 
 
-class PSNR(nn.Module):
-    """Module form of :func:`psnr`; ``forward(prediction, target, mask=None)``.
+class _ImageMetric(nn.Module):
+    """Module form of a metric function ``metric(prediction, target, mask=..., **options)``."""
 
-    >>> PSNR(reduction="none")(torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.1))
-    tensor([20.0000, 20.0000])
-    """
+    metric: staticmethod
 
     def __init__(
         self,
@@ -348,7 +346,7 @@ class PSNR(nn.Module):
         self.reduction = reduction
 
     def forward(self, prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return psnr(
+        return self.metric(
             prediction,
             target,
             data_range=self.data_range,
@@ -365,7 +363,17 @@ class PSNR(nn.Module):
         )
 
 
-class SSIM(nn.Module):
+class PSNR(_ImageMetric):
+    """Module form of :func:`psnr`; ``forward(prediction, target, mask=None)``.
+
+    >>> PSNR(reduction="none")(torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.1))
+    tensor([20.0000, 20.0000])
+    """
+
+    metric = staticmethod(psnr)
+
+
+class SSIM(_ImageMetric):
     """Module form of :func:`ssim`; ``forward(prediction, target, mask=None)``. The SSIM loss is ``1 - SSIM()(...)``.
 
     >>> image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -373,32 +381,4 @@ class SSIM(nn.Module):
     1.0
     """
 
-    def __init__(
-        self,
-        data_range: float = 1.0,
-        crop_border: int = 0,
-        y_channel: bool = False,
-        reduction: Reduction = "mean",
-    ) -> None:
-        super().__init__()
-        self.data_range = data_range
-        self.crop_border = crop_border
-        self.y_channel = y_channel
-        self.reduction = reduction
-
-    def forward(self, prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return ssim(
-            prediction,
-            target,
-            data_range=self.data_range,
-            mask=mask,
-            crop_border=self.crop_border,
-            y_channel=self.y_channel,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"data_range={self.data_range}, crop_border={self.crop_border}, "
-            f"y_channel={self.y_channel}, reduction={self.reduction!r}"
-        )
+    metric = staticmethod(ssim)
