@@ -25,7 +25,6 @@ _NOT_BUILT_YET = {
     "deblur": "deblurring images with a trained model",
     "evaluate": "scoring a model on a dataset",
     "train": "training from a YAML config",
-    "profile": "measuring parameters, MACs, time and memory of a model",
     "export": "exporting a model to ONNX",
     "models": "listing registered models and shipped weights",
 }
