@@ -14,6 +14,7 @@ from adeblur.engine.profile import (
     make_blob_mask,
     measure_peak_memory,
     profile_model,
+    randomise_zero_parameters_,
     resolve_device,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "make_blob_mask",
     "measure_peak_memory",
     "profile_model",
+    "randomise_zero_parameters_",
     "resolve_device",
 ]

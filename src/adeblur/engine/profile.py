@@ -51,6 +51,7 @@ __all__ = [
     "make_blob_mask",
     "measure_peak_memory",
     "profile_model",
+    "randomise_zero_parameters_",
     "resolve_device",
 ]
 
@@ -543,11 +544,31 @@ def _main_output(output: Any) -> Tensor:
     return output
 
 
-def _resolve_model(model_or_name: nn.Module | str) -> tuple[str, nn.Module]:
+def randomise_zero_parameters_(model: nn.Module, *, seed: int = 0, std: float = 0.1) -> nn.Module:
+    """Fill every parameter that is identically zero with seeded N(0, std^2) values; returns the model.
+
+    Freshly initialised models carry exact zeros by design (NAFNet's residual scales beta/gamma, biases),
+    which make whole blocks the identity: a pruned-vs-dense comparison on them is trivially exact and
+    proves nothing. Profiling "with random weights" means weights like these.
+
+    >>> net = randomise_zero_parameters_(nn.Conv2d(2, 2, 1))
+    >>> bool((net.bias != 0).all())
+    True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.numel() and not parameter.any():
+                values = torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * std
+                parameter.copy_(values.to(parameter.dtype))
+    return model
+
+
+def _resolve_model(model_or_name: nn.Module | str, seed: int) -> tuple[str, nn.Module]:
     if isinstance(model_or_name, str):
         from adeblur.models import build_model
 
-        return model_or_name, build_model(model_or_name)
+        return model_or_name, randomise_zero_parameters_(build_model(model_or_name), seed=seed)
     if isinstance(model_or_name, nn.Module):
         return type(model_or_name).__name__, model_or_name
     raise TypeError(f"expected a model name or a torch.nn.Module, got {type(model_or_name).__name__}")
@@ -580,14 +601,15 @@ def profile_model(
     (:func:`measure_peak_memory`).
 
     Args:
-        model_or_name: a registered model name (see ``adeblur models``) or a module.
+        model_or_name: a registered model name (see ``adeblur models``; built with random weights, no
+            parameter left identically zero: :func:`randomise_zero_parameters_`) or a module (as is).
         size: image size (height, width).
         mask_fraction: replace the predicted blur mask by a :func:`make_blob_mask` covering this
             fraction of the ``size`` pixels (:func:`force_blur_mask`); None keeps the predicted mask.
         compare_dense: also time the model with ``pruned_inference`` on and off and compare outputs.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         repeats, warmup: timed and untimed runs per measurement.
-        seed: seed of the input image and of the blob mask.
+        seed: seed of the input image, of the blob mask and of the random weights.
 
     Returns:
         a JSON-ready dict. The contract's keys: ``model`` (name), ``size`` ([H, W] asked for),
@@ -611,7 +633,7 @@ def profile_model(
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     device = resolve_device(device)
     height, width = _check_size(size)
-    name, model = _resolve_model(model_or_name)
+    name, model = _resolve_model(model_or_name, seed)
     model = model.eval().to(device)
     if compare_dense and not hasattr(model, "pruned_inference"):
         raise ConfigError(f"model {name} has no pruned path to compare with a dense one (no 'pruned_inference' switch)")
