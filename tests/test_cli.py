@@ -40,7 +40,6 @@ def test_no_command_prints_help_and_fails(capsys):
         ["evaluate", "--data", "d"],
         ["train", "c.yaml"],
         ["export", "--model", "nafnet", "--out", "m.onnx"],
-        ["models"],
     ],
 )
 def test_unbuilt_commands_say_so_and_fail(argv, capsys):
@@ -58,3 +57,10 @@ def test_bad_option_is_a_usage_error(capsys):
 def test_console_entry_point_runs_as_module():
     result = subprocess.run([sys.executable, "-m", "adeblur", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("nafnet", "nafnet-lite", "m2aenet", "m2aenet-lite", "m2aenet-no-mask", "m2aenet-no-motion", "identity"):
+        assert name in out

@@ -399,3 +399,10 @@ def test_cli_profile_m2aenet_pruned_equals_dense(capsys):
     assert 0 < report["max_abs_diff"] <= 1e-4
     assert report["macs_pruned"] < report["macs_dense"]
     assert math.isfinite(report["seconds_pruned"]) and math.isfinite(report["seconds_dense"])
+
+
+@pytest.mark.parametrize("name", ["nafnet-lite", "m2aenet-no-mask"])
+def test_mask_fraction_is_refused_for_models_without_a_blur_mask(name):
+    # a silently ignored --mask-fraction would report a forced mask that was never used
+    with pytest.raises(ConfigError, match="no blur mask"):
+        profile_model(name, size=(32, 32), mask_fraction=0.1, device="cpu", repeats=1, warmup=0)

@@ -26,7 +26,6 @@ _NOT_BUILT_YET = {
     "evaluate": "scoring a model on a dataset",
     "train": "training from a YAML config",
     "export": "exporting a model to ONNX",
-    "models": "listing registered models and shipped weights",
 }
 
 
@@ -209,9 +208,26 @@ def _run_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from adeblur.models import list_models
+
+    table = Table(title="adeblur models")
+    for column in ("name", "description", "trainable", "shipped weights"):
+        table.add_column(column)
+    for spec in list_models():
+        # No weights ship with the package yet; trained defaults come with the "trained weights" work.
+        table.add_row(spec.name, spec.description, "yes" if spec.trainable else "no", "none")
+    Console(width=max(100, Console().width)).print(table)
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": _run_synth,
     "profile": _run_profile,
+    "models": _run_models,
 }
 
 

@@ -476,7 +476,8 @@ class M2AENet(nn.Module):
         self.gumbel_tau = gumbel_tau
         self.seed = seed
         self.pruned_inference = True
-        self.forced_blur_mask: Tensor | None = None
+        if use_mask:  # only a model with a blur mask has one to replace (the profiler checks for this)
+            self.forced_blur_mask: Tensor | None = None
         self._gumbel_generator: torch.Generator | None = None
         # Stages by name -> (channels, blocks, downsampling factor), coarse stages in the middle.
         levels = len(encoder_blocks)
@@ -557,7 +558,7 @@ class M2AENet(nn.Module):
         return (restored, aux) if return_aux else restored
 
     def _padded_forced_mask(self, padded: Tensor) -> Tensor | None:
-        mask = self.forced_blur_mask
+        mask = getattr(self, "forced_blur_mask", None)
         if mask is None:
             return None
         if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, padded.shape[0]):
