@@ -124,8 +124,8 @@ def gumbel_blur_mask(logits: Tensor, *, generator: torch.Generator, tau: float =
 class MaskPredictor(nn.Module):
     """Per-pixel blur/sharp logits from stage features (Eq. 1), (B, C, h, w) -> (B, 2, h, w).
 
-    The pixel-wise MLPs of LMD-ViT's predictor (Li et al. 2024, which the paper follows), as 1x1
-    convs: embed each pixel (1x1, GELU, LayerNorm, 1x1, C channels); keep the first C/2 channels as the
+    Pixel-wise MLPs in the DynamicViT / LMD-ViT style the paper follows (it gives no layers; our reading,
+    see docs/m2aenet.md), as 1x1 convs: embed each pixel (1x1, GELU, LayerNorm, 1x1, C channels); keep the first C/2 channels as the
     local feature and replace the other C/2 by their average over all pixels of the image (the global
     feature); classify the concatenation (1x1 C -> C/2, GELU, C/2 -> C/4, GELU, C/4 -> 2).
     Channel 0 is blur, channel 1 sharp; ``softmax(dim=1)`` gives ``p`` of Eq. 1.
