@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adeblur import __version__
-from adeblur.errors import AdeblurError
+from adeblur.errors import AdeblurError, one_line
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -247,8 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_NOT_BUILT
     except AdeblurError as error:
-        message = " ".join(str(error).split())
-        print(f"adeblur {args.command}: error: {message}", file=sys.stderr)
+        print(f"adeblur {args.command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"adeblur {args.command}: interrupted", file=sys.stderr)

@@ -7,6 +7,16 @@ exit status; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` (a message or an exception) with all whitespace runs, newlines included, made one space.
+
+    >>> one_line(ValueError("bad   file,  line 1"))
+    'bad file, line 1'
+    """
+    joined = " ".join(str(text).split())
+    return joined or (type(text).__name__ if isinstance(text, BaseException) else "")
+
+
 class AdeblurError(Exception):
     """Base class of the errors that describe bad input (files, data, options), not bugs."""
 

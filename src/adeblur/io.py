@@ -41,7 +41,7 @@ import tifffile
 import torch
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
-from adeblur.errors import ConfigError, ImageError
+from adeblur.errors import ConfigError, ImageError, one_line
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -810,13 +810,9 @@ def _quote(path: os.PathLike[str] | str) -> str:
     return "'" + str(path).replace("\r", "\\r").replace("\n", "\\n") + "'"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _read_error(path: Path, reason: str) -> ImageError:
-    return ImageError(f"cannot read image {_quote(path)}: {_one_line(reason)}")
+    return ImageError(f"cannot read image {_quote(path)}: {one_line(reason)}")
 
 
 def _write_error(path: Path, reason: str) -> ImageError:
-    return ImageError(f"cannot write image {_quote(path)}: {_one_line(reason)}")
+    return ImageError(f"cannot write image {_quote(path)}: {one_line(reason)}")

@@ -44,8 +44,8 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from adeblur.data.transforms import sample_generator
-from adeblur.errors import ConfigError, ImageError, KernelError
+from adeblur.data.transforms import as_generator, sample_generator
+from adeblur.errors import ConfigError, ImageError, KernelError, one_line
 from adeblur.io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
@@ -88,14 +88,6 @@ _MATLAB_NUMERIC_CLASSES = {"", "double", "single", *(f"{u}int{n}" for u in ("", 
 
 # --------------------------------------------------------------------------------------------------
 # Random numbers
-
-
-def _as_generator(generator: torch.Generator | int) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return sample_generator(generator)
-    raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
 
 
 def _rand(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -190,7 +182,7 @@ def dead_leaves(
     radius_low, radius_high = _range(radius_range, "radius_range")
     if radius_low <= 0:
         raise ValueError(f"dead_leaves: radius_range must be positive, got {radius_range!r}")
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     device = torch.device(device) if device is not None else generator.device
     work = _work_dtype(dtype)
     short_side = min(height, width)
@@ -410,7 +402,7 @@ def trajectory_kernels(
     >>> k.shape[:2], bool(torch.allclose(k.sum((-2, -1)), torch.ones(4, 1)))
     (torch.Size([4, 1]), True)
     """
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     if batch < 1 or num_steps < 2:
         raise ValueError(f"trajectory_kernels: batch must be >= 1 and num_steps >= 2, got {batch}, {num_steps}")
     work = torch.float64 if generator.device.type == "cpu" else torch.float32
@@ -530,7 +522,7 @@ def random_linear_kernels(
     >>> random_linear_kernels(3, generator=0, length_range=(5, 9)).shape[:2]
     torch.Size([3, 1])
     """
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     work = torch.float64 if generator.device.type == "cpu" else torch.float32
     extent = _random_extents(batch, length_range, generator, work)
     angle = _uniform(0, 180, (batch,), generator, generator.device, work)
@@ -632,7 +624,7 @@ def load_kernels(path: str | Path) -> list[torch.Tensor]:
     except ImageError as err:
         raise KernelError(str(err)) from err
     except Exception as err:  # numpy, scipy and h5py raise many types on corrupt files
-        raise KernelError(f"cannot read kernel file {str(path)!r}: {_one_line(err)}") from err
+        raise KernelError(f"cannot read kernel file {str(path)!r}: {one_line(err)}") from err
     if not arrays:
         raise KernelError(f"kernel file {str(path)!r} holds no kernel (no 2-D or 3-D numeric array)")
     return [_normalised_kernel(array, path, number) for number, array in enumerate(arrays)]
@@ -652,10 +644,6 @@ def load_kernel(path: str | Path, index: int = 0) -> torch.Tensor:
     if not -len(kernels) <= index < len(kernels):
         raise KernelError(f"kernel file {str(path)!r} holds {len(kernels)} kernel(s), there is no index {index}")
     return kernels[index]
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _normalised_kernel(array: Any, path: Path, number: int) -> torch.Tensor:
@@ -868,7 +856,7 @@ def add_noise(
     >>> round(float((y - x).std()), 1)
     0.1
     """
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     noisy = images
     if poisson_peak is not None:
         peak = _broadcast_level(poisson_peak, images)
@@ -973,7 +961,7 @@ def synthesize_global_blur(
     (torch.Size([2, 3, 32, 32]), torch.Size([2, 1]))
     """
     _check_batch(sharp, "sharp")
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     batch = sharp.shape[0]
     if kernels is not None:
         bank = _kernel_bank(kernels, kernel_size)
@@ -1236,7 +1224,7 @@ def synthesize_local_blur(
     (True, True)
     """
     _check_batch(background, "background")
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     batch = background.shape[0]
     device, dtype = background.device, background.dtype
     work = _work_dtype(dtype)

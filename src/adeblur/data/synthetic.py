@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from adeblur.data.synth import dead_leaves, synthesize_global_blur, synthesize_local_blur
-from adeblur.data.transforms import sample_generator
+from adeblur.data.transforms import as_generator, patch_size_pair, sample_generator
 from adeblur.errors import ConfigError, DatasetError, ImageError
 from adeblur.io import list_images, read_image, to_rgb
 
@@ -76,8 +76,7 @@ def synthesize_batch(
         raise ConfigError(f"synthetic blur kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not isinstance(sharp, torch.Tensor) or sharp.ndim != 4:
         raise ValueError(f"sharp must be a (B, C, H, W) tensor, got {getattr(sharp, 'shape', type(sharp).__name__)}")
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        generator = sample_generator(generator)
+    generator = as_generator(generator)
     local_options = dict(local_options or {})
     global_options = dict(global_options or {})
     if object_source is None:
@@ -172,7 +171,7 @@ class SyntheticBlurDataset(Dataset):
             raise ConfigError(f"synthetic blur kind must be one of {', '.join(KINDS)}, got {kind!r}")
         self.paths = _image_paths(images)
         self.kind = kind
-        self.patch_size = _patch_size(patch_size)
+        self.patch_size = patch_size_pair(patch_size)
         if length is None:
             length = len(self.paths) if self.paths else DEAD_LEAVES_LENGTH
         if int(length) < 1:
@@ -271,8 +270,4 @@ def _image_paths(images: str | Path | Sequence[str | Path] | None) -> list[Path]
     return paths
 
 
-def _patch_size(size: int | Sequence[int]) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or any(not isinstance(s, int) or s < 1 for s in pair):
-        raise ConfigError(f"patch_size must be N or (height, width) with positive integers, got {size!r}")
-    return int(pair[0]), int(pair[1])
+

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adeblur.errors import DatasetError
+from adeblur.errors import ConfigError, DatasetError
 
 __all__ = [
     "BlurAwareCrop",
@@ -129,8 +129,8 @@ def random_crop(
     >>> {k: tuple(v.shape) for k, v in random_crop(s, (4, 6), generator=0).items()}
     {'blur': (3, 4, 6), 'mask': (1, 4, 6)}
     """
-    generator = _as_generator(generator)
-    height, width = _patch_size(size)
+    generator = as_generator(generator)
+    height, width = patch_size_pair(size)
     image_height, image_width = _spatial_size(sample)
     _check_patch_fits(sample, height, width, image_height, image_width)
     top = _randint(image_height - height + 1, generator)
@@ -177,11 +177,11 @@ def blur_aware_crop(
     """
     if not 0.0 <= force_blur_probability <= 1.0:
         raise ValueError(f"force_blur_probability must be in [0, 1], got {force_blur_probability}")
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     mask = sample.get("mask")
     if not isinstance(mask, torch.Tensor):
         return random_crop(sample, size, generator=generator)
-    height, width = _patch_size(size)
+    height, width = patch_size_pair(size)
     image_height, image_width = _spatial_size(sample)
     _check_patch_fits(sample, height, width, image_height, image_width)
 
@@ -246,7 +246,7 @@ def random_flip_rotate(
     >>> random_flip_rotate(s, generator=3)["blur"].shape
     torch.Size([1, 2, 2])
     """
-    code = _randint(16, _as_generator(generator))
+    code = _randint(16, as_generator(generator))
     return flip_rotate(
         sample,
         hflip=hflip and bool(code & 1),
@@ -267,7 +267,7 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, sample: Mapping[str, Any], generator: torch.Generator | int) -> Sample:
-        generator = _as_generator(generator)
+        generator = as_generator(generator)
         out = dict(sample)
         for transform in self.transforms:
             out = transform(out, generator)
@@ -281,7 +281,7 @@ class RandomCrop:
     """:func:`random_crop` as a transform: ``RandomCrop(256)(sample, generator)``."""
 
     def __init__(self, size: int | Sequence[int]) -> None:
-        self.size = _patch_size(size)
+        self.size = patch_size_pair(size)
 
     def __call__(self, sample: Mapping[str, Any], generator: torch.Generator | int) -> Sample:
         return random_crop(sample, self.size, generator=generator)
@@ -299,7 +299,7 @@ class BlurAwareCrop:
         force_blur_probability: float = LBAG_FORCE_BLUR_PROBABILITY,
         min_blur_fraction: float = LBAG_MIN_BLUR_FRACTION,
     ) -> None:
-        self.size = _patch_size(size)
+        self.size = patch_size_pair(size)
         self.force_blur_probability = force_blur_probability
         self.min_blur_fraction = min_blur_fraction
 
@@ -339,11 +339,12 @@ class RandomFlipRotate:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _as_generator(generator: torch.Generator | int) -> torch.Generator:
+def as_generator(generator: torch.Generator | int) -> torch.Generator:
+    """A :class:`torch.Generator` as given, or ``torch.Generator().manual_seed(seed)`` for an int seed."""
     if isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, int) and not isinstance(generator, bool):
-        return sample_generator(generator)
+        return torch.Generator().manual_seed(generator)
     raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
 
 
@@ -352,13 +353,12 @@ def _randint(high: int, generator: torch.Generator) -> int:
     return int(torch.randint(high, (), generator=generator))
 
 
-def _patch_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"patch size must be N or (height, width) with positive values, got {size}")
-    return size  # type: ignore[return-value]
+def patch_size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from ``N`` or ``(height, width)``; ConfigError unless two positive integers."""
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
+        raise ConfigError(f"patch size must be N or (height, width) with positive integers, got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def _is_vector_field(key: str, value: object) -> bool:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from adeblur.data.transforms import as_generator
 from adeblur.errors import ConfigError
 from adeblur.ops import DeformConv2d, deform_conv2d_macs
 
@@ -231,14 +232,6 @@ def count_macs(
 # Fixed blur masks
 
 
-def _as_generator(generator: torch.Generator | int) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(generator)
-    raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
-
-
 def make_blob_mask(
     height: int,
     width: int,
@@ -277,7 +270,7 @@ def make_blob_mask(
         raise ValueError(f"num_blobs must be a positive int, got {num_blobs!r}")
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"mask fraction must be in [0, 1], got {fraction}")
-    generator = _as_generator(generator)
+    generator = as_generator(generator)
     blobs = torch.rand(num_blobs, 5, generator=generator, dtype=torch.float64)
     covered = round(fraction * height * width)
     mask = torch.zeros(height * width)
