@@ -39,3 +39,11 @@ class MetricError(AdeblurError, ValueError):
 
 class ConfigError(AdeblurError, ValueError):
     """A configuration key or value that is not valid."""
+
+
+class CheckpointError(AdeblurError, ValueError):
+    """A checkpoint or weights file that cannot be written, read or used. The message names the file."""
+
+
+class TrainingError(AdeblurError, ArithmeticError):
+    """A training run that cannot go on (a loss that is not finite). The message says what to change."""
