@@ -38,7 +38,6 @@ def test_no_command_prints_help_and_fails(capsys):
     [
         ["deblur", "x.png"],
         ["evaluate", "--data", "d"],
-        ["train", "c.yaml"],
         ["export", "--model", "nafnet", "--out", "m.onnx"],
     ],
 )

@@ -8,6 +8,7 @@ rely on it. Exit status: 0 on success, 1 on bad input (one line on standard erro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,6 @@ EXIT_NOT_BUILT = 3
 _NOT_BUILT_YET = {
     "deblur": "deblurring images with a trained model",
     "evaluate": "scoring a model on a dataset",
-    "train": "training from a YAML config",
     "export": "exporting a model to ONNX",
 }
 
@@ -208,6 +208,78 @@ def _run_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adeblur.engine.config import load_config
+    from adeblur.engine.train import TrainEvent, train
+
+    config = load_config(args.config, args.set)
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=console,
+    )  # fmt: skip
+    task = None
+    stop_requests = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop_requests:  # a second Ctrl-C: stop now, without the final checkpoint
+            raise KeyboardInterrupt
+        stop_requests.append(signum)
+        progress.console.print("stopping after this step (checkpoint first); press Ctrl-C again to abort")
+
+    def on_event(event: TrainEvent) -> None:
+        nonlocal task
+        data = event.data
+        if event.kind == "start":
+            processes = f" x {data['world']} processes" if data["world"] > 1 else ""
+            progress.console.print(
+                f"training {config.model.name} ({data['params'] / 1e6:.2f} M params) on {data['device']}"
+                f"{processes}, batch "
+                f"{data['batch_per_process']} per process, patch {data['patch_size']}, amp {data['amp']} "
+                f"-> {data['run_dir']}"
+            )
+            task = progress.add_task(config.name, total=data["steps"], completed=data["start_step"], status="")
+        elif event.kind == "step" and task is not None:
+            status = (
+                f"loss {data['loss']:.4f}  lr {data['lr']:.2e}  {data['patches_per_second']:.1f} patches/s  "
+                f"data {data['data_fraction']:.0%}"
+            )
+            progress.update(task, completed=event.step, status=status)
+        elif event.kind == "validation":
+            shown = "  ".join(
+                f"{key} {data[key]:.4f}" for key in ("input_psnr", "input_psnr_w", "psnr", "ssim", "psnr_w", "ssim_w")
+                if data.get(key) is not None
+            )
+            progress.console.print(f"step {event.step}: validation {shown}" + ("  (best)" if data.get("improved") else ""))
+        elif event.kind == "note":
+            progress.console.print(f"note: {data['message']}")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with progress:
+            result = train(
+                config, resume=args.resume, max_minutes=args.max_minutes, callback=on_event,
+                should_stop=lambda: bool(stop_requests),
+            )  # fmt: skip
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary
+        timing = result.timing
+        how = {"done": "finished", "time": "stopped at --max-minutes", "interrupted": "interrupted"}[result.stopped]
+        best = f"; best {result.best['metric']} {result.best['value']:.4f} at step {result.best['step']}" if result.best else ""
+        console.print(
+            f"{how} at step {result.step}: {timing['patches_per_second']:.1f} patches/s, "
+            f"{timing['data_fraction']:.1%} of step time on data{best}; checkpoint {result.last_checkpoint}"
+        )
+    return EXIT_OK if result.stopped != "interrupted" else 130
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -227,6 +299,7 @@ def _run_models(args: argparse.Namespace) -> int:
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": _run_synth,
     "profile": _run_profile,
+    "train": _run_train,
     "models": _run_models,
 }
 

@@ -133,7 +133,8 @@ class SyntheticBlurDataset(Dataset):
     random image of the list (another dead-leaves patch without images).
 
     Args:
-        images: a folder (its images, not recursive), a sequence of image paths, or None for dead leaves.
+        images: a folder (its images, not recursive), or a sequence of folders and image paths, or None
+            for dead leaves.
         kind: blur kind.
         patch_size: ``N`` or ``(height, width)``.
         length: number of samples; default: the number of images (1000 for dead leaves).
@@ -143,6 +144,10 @@ class SyntheticBlurDataset(Dataset):
             :func:`~adeblur.data.synth.synthesize_local_blur` and
             :func:`~adeblur.data.synth.synthesize_global_blur`. Unless given, generated kernels are put
             on a ``2 * length_range[1] - 1`` canvas (129 by default), the same for every sample.
+        blur: False leaves the blurring to the training loop (:func:`synthesize_batch` on the training
+            device, batched): samples then hold only ``sharp``, ``kind`` and ``name``.
+        cache_images: keep each decoded image in memory (8-bit) after its first use, so an epoch does
+            not decode every file again (in each DataLoader worker: a copy per worker).
 
     Raises:
         DatasetError: a missing or empty folder, an empty list, missing files.
@@ -166,6 +171,8 @@ class SyntheticBlurDataset(Dataset):
         global_fraction: float = 0.5,
         local_options: Mapping[str, Any] | None = None,
         global_options: Mapping[str, Any] | None = None,
+        blur: bool = True,
+        cache_images: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"synthetic blur kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -182,6 +189,9 @@ class SyntheticBlurDataset(Dataset):
         self.global_fraction = float(global_fraction)
         self.local_options = dict(local_options or {})
         self.global_options = dict(global_options or {})
+        self.blur = bool(blur)
+        self.cache_images = bool(cache_images)
+        self._decoded: dict[int, torch.Tensor] = {}
         if "kernels" not in self.global_options and "kernel_size" not in self.global_options:
             longest = self.global_options.get("length_range", (7, 65))[1]
             self.global_options["kernel_size"] = 2 * math.ceil(longest) - 1
@@ -202,6 +212,8 @@ class SyntheticBlurDataset(Dataset):
         kind = self.kind
         if kind == "mixed":
             kind = "global" if float(torch.rand((), generator=generator)) < self.global_fraction else "local"
+        if not self.blur:
+            return {"sharp": sharp, "name": f"{name}_{index:06d}", "kind": kind}
         object_source = None
         if kind == "local":
             other = int(torch.randint(len(self.paths), (), generator=generator)) if self.paths else None
@@ -227,10 +239,16 @@ class SyntheticBlurDataset(Dataset):
         if image_number is None:
             return dead_leaves(1, height, width, generator=generator)[0], "dead_leaves"
         path = self.paths[image_number]
-        try:
-            image = to_rgb(read_image(path)[0])[0]
-        except ImageError as err:
-            raise DatasetError(f"synthetic dataset: {err}") from err
+        image = self._decoded.get(image_number)
+        if image is None:
+            try:
+                image = to_rgb(read_image(path)[0])[0]
+            except ImageError as err:
+                raise DatasetError(f"synthetic dataset: {err}") from err
+            if self.cache_images:
+                self._decoded[image_number] = (image * 255).round().to(torch.uint8)
+        else:
+            image = image.to(torch.float32) / 255
         image_height, image_width = image.shape[-2:]
         scale = max(height / image_height, width / image_width)
         if scale > 1:
@@ -253,14 +271,16 @@ def _image_paths(images: str | Path | Sequence[str | Path] | None) -> list[Path]
     if images is None:
         return []
     if isinstance(images, (str, Path)):
-        folder = Path(images)
-        if not folder.is_dir():
-            raise DatasetError(f"synthetic dataset: {str(folder)!r} is not a folder")
-        paths = list_images(folder)
-        if not paths:
-            raise DatasetError(f"synthetic dataset: no images in {str(folder)!r}")
-        return paths
-    paths = [Path(p) for p in images]
+        images = [images]
+    paths = []
+    for item in map(Path, images):
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise DatasetError(f"synthetic dataset: no images in {str(item)!r}")
+            paths += found
+        else:
+            paths.append(item)
     if not paths:
         raise DatasetError("synthetic dataset: the list of images is empty")
     missing = [str(p) for p in paths if not p.is_file()]
