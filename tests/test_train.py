@@ -368,6 +368,20 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path):
 # --- distributed ---------------------------------------------------------------------------------
 
 
+def _run_in_own_group(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command``; on timeout kill its whole process group (torchrun's workers too), then fail."""
+    process = subprocess.Popen(
+        command, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{' '.join(command[:6])} ... did not finish in {timeout} s")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
@@ -391,7 +405,7 @@ def test_torchrun_two_processes_match_one_process_with_the_whole_batch(tmp_path)
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "adeblur", "train", str(path),
     ]  # fmt: skip
-    done = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300)
+    done = _run_in_own_group(command, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = final_weights(tmp_path / "two" / "run")
     one = final_weights(tmp_path / "one" / "run")
@@ -433,10 +447,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     process.communicate()
     steps = [int(p.stem.split("_")[1]) for p in checkpoints.glob("step_*.safetensors")]
     assert steps and max(steps) < 400
-    resumed = subprocess.run(
-        command + ["--resume", str(tmp_path / "run"), "--set", f"steps={max(steps) + 2}"],
-        env=_environment(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    resumed = _run_in_own_group(command + ["--resume", str(tmp_path / "run"), "--set", f"steps={max(steps) + 2}"], 120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"finished at step {max(steps) + 2}" in resumed.stderr
     rows = read_csv(tmp_path / "run" / "train.csv")

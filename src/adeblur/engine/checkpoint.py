@@ -546,6 +546,7 @@ def _write_atomically(path: Path, tensors: Mapping[str, Tensor], header: dict[st
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(stored, temporary, metadata=header)
+        os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates 0600 files; make it an ordinary file
         with open(temporary, "r+b") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -558,6 +559,12 @@ def _write_atomically(path: Path, tensors: Mapping[str, Tensor], header: dict[st
             raise CheckpointError(f"cannot write {what} {_quote(path)}: {one_line(error)}") from error
         raise
     _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -311,10 +311,14 @@ class _Run:
         )  # fmt: skip
         self.batches: Iterator[dict[str, Any]] = iter(self.loader)
         self.next_chunk = start_chunk
+        self.fill_seconds = 0.0  # filling the pool is data time too: the first step pays it
         if self.pool is not None:
+            started = time.perf_counter()
             self.pool.next_slot = start_chunk % self.pool.slots
             for _ in range(self.pool.slots):
                 self.pool.put(self._fresh_batch())
+            _synchronize(self.device)
+            self.fill_seconds = time.perf_counter() - started
 
     def _validation_set(self) -> None:
         data = self.config.data
@@ -331,10 +335,9 @@ class _Run:
         self.val_indices, share = validation_batches(dataset, data.val_count, rank=self.group.rank, world=self.group.world)
         self.val_share = share
         for position in share:
-            sample = collate_samples([dataset[self.val_indices[position]]])
-            has_mask = data.val.type == "synthetic" or "mask" in dataset[self.val_indices[position]]
-            entry = {key: sample[key] for key in ("blur", "sharp", "mask")}
-            entry["has_mask"] = torch.tensor(has_mask)
+            sample = dataset[self.val_indices[position]]
+            entry = {key: value for key, value in collate_samples([sample]).items() if key in ("blur", "sharp", "mask")}
+            entry["has_mask"] = torch.tensor("mask" in sample)  # synthetic samples always have one
             self.val_samples.append(entry)
         self.val_has_masks = bool(self.val_samples) and all(bool(s["has_mask"]) for s in self.val_samples)
 
@@ -392,8 +395,8 @@ class _Run:
             validation = self._validate_and_log(log, initial=True)
         stopped = "done"
         started = time.perf_counter()
-        totals = {"data": 0.0, "compute": 0.0, "steps": 0}
-        window = {"data": 0.0, "compute": 0.0, "steps": 0, "terms": {}}
+        totals = {"data": self.fill_seconds, "compute": 0.0, "steps": 0}
+        window = {"data": self.fill_seconds, "compute": 0.0, "steps": 0, "terms": {}}
         try:
             while self.step < config.steps:
                 stop = 2 if should_stop is not None and should_stop() else 0
