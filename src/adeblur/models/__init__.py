@@ -22,7 +22,13 @@ Registered models (see ``docs/m2aenet.md``):
 ``m2aenet-linear``     linear trajectories (Appendix B, Eq. 12) instead of quadratic (Eq. 4)
 ``m2aenet-lite``       ``m2aenet`` with the ``nafnet-lite`` widths and block counts
 ``identity``           returns its input (scores the blurred input itself); not trainable
+``wiener``             Wiener deconvolution with the known blur kernel; not trainable
+``richardson-lucy``    Richardson-Lucy deconvolution with the known blur kernel; not trainable
+``unsharp-mask``       blind unsharp masking (no kernel); not trainable
 =====================  ======================================================================
+
+The classical restorers (``docs/evaluate.md``, :mod:`adeblur.models.classical`) take
+``forward(image, kernel=None)``; the kernel methods set ``needs_kernel = True`` and ``tileable = False``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,22 @@ from typing import Any
 from torch import Tensor, nn
 
 from adeblur.errors import ConfigError
+from adeblur.models.classical import RichardsonLucy, UnsharpMask, WienerDeconvolution
 from adeblur.models.m2aenet import M2AENet
 from adeblur.models.nafnet import NAFNet
 
-__all__ = ["IdentityModel", "M2AENet", "ModelSpec", "NAFNet", "build_model", "list_models", "register_model"]
+__all__ = [
+    "IdentityModel",
+    "M2AENet",
+    "ModelSpec",
+    "NAFNet",
+    "RichardsonLucy",
+    "UnsharpMask",
+    "WienerDeconvolution",
+    "build_model",
+    "list_models",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -159,3 +177,6 @@ register_model(
 )  # fmt: skip
 register_model("m2aenet-lite", M2AENet, "M2AENet with the nafnet-lite widths and block counts, for CPU work", **_LITE)
 register_model("identity", IdentityModel, "returns the input unchanged (scores the blurred input)", trainable=False)
+register_model("wiener", WienerDeconvolution, "Wiener deconvolution with the known kernel", trainable=False)
+register_model("richardson-lucy", RichardsonLucy, "Richardson-Lucy deconvolution, known kernel", trainable=False)
+register_model("unsharp-mask", UnsharpMask, "blind unsharp masking (no kernel)", trainable=False)
