@@ -55,11 +55,12 @@ _Pair = tuple[int, int]
 
 
 def _pair(value: int | tuple[int, int], name: str) -> _Pair:
-    if isinstance(value, int):
+    # torch.SymInt: symbolic image sizes while exporting with dynamic shapes (ONNX, torch.export)
+    if isinstance(value, (int, torch.SymInt)):
         return (value, value)
-    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+    if len(value) != 2 or not all(isinstance(v, (int, torch.SymInt)) for v in value):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return (int(value[0]), int(value[1]))
+    return (value[0], value[1])
 
 
 def mask_to_pixel_index(mask: Tensor) -> Tensor:
@@ -199,10 +200,14 @@ def _plan_rows(
     device = offset_rows.device
     out_hw = output_size[0] * out_w
     # int32 index arithmetic when every input row and output pixel number fits (halves the index memory)
-    index_dtype = torch.int32 if batch_size * max(height * width, out_hw) < 2**31 else torch.int64
+    # (int64 while exporting: ONNX gathers and exporters expect int64 indices)
+    small = batch_size * max(height * width, out_hw) < 2**31
+    index_dtype = torch.int32 if small and not torch.compiler.is_exporting() else torch.int64
     pixels = pixel_index.to(index_dtype)
-    out_y = (pixels % out_hw) // out_w
-    out_x = pixels % out_w
+    rows = pixels // out_w  # b * Ho + y (floor divisions and products only: they export to ONNX)
+    out_x = pixels - rows * out_w
+    out_b = rows // output_size[0]
+    out_y = rows - out_b * output_size[0]
     tap_y = torch.arange(kernel_size[0], device=device, dtype=index_dtype).repeat_interleave(kernel_size[1])
     tap_x = torch.arange(kernel_size[1], device=device, dtype=index_dtype).repeat(kernel_size[0])
     base_y = (out_y * stride[0] - padding[0])[:, None, None] + tap_y * dilation[0]  # (Q, 1, K) grid position
@@ -230,7 +235,7 @@ def _plan_rows(
     )
     if mask_rows is not None:
         weight = weight * mask_rows.unsqueeze(-1)
-    batch_row = (pixels // out_hw * (height * width))[:, None, None]
+    batch_row = (out_b * (height * width))[:, None, None]
     row0 = row0.mul_(width).add_(batch_row)
     row1 = row1.mul_(width).add_(batch_row)
     index = torch.stack((row0 + col0, row0 + col1, row1 + col0, row1 + col1), -1)
@@ -337,6 +342,9 @@ def _group_tables(table: Tensor, groups: int) -> list[Tensor]:
 def _gather_taps(table: Tensor, index: Tensor, weight: Tensor | None) -> Tensor:
     """(Q, K, J) rows/weights -> (Q, K, C): per tap, the (weighted) sum of its J gathered rows."""
     q, k, j = index.shape
+    if torch.compiler.is_exporting():  # plain gathers: ONNX has no weighted embedding bag
+        rows = table[index]  # (Q, K, J, C)
+        return rows.sum(2) if weight is None else (rows * weight.unsqueeze(-1)).sum(2)
     per_sample = None if weight is None else weight.reshape(q * k, j)
     summed = F.embedding_bag(index.reshape(q * k, j), table, per_sample_weights=per_sample, mode="sum")
     return summed.view(q, k, table.shape[1])
@@ -356,10 +364,13 @@ def _apply_rows(tables: list[Tensor], index: Tensor, weight: Tensor | None, conv
     weight = None if weight is None else weight.to(tables[0].dtype)
     out = tables[0].new_empty(q, out_channels)
     chunk = max(1, _CACHE_BYTES // (k * in_channels * tables[0].element_size()))
+    if torch.compiler.is_exporting():  # one chunk: Q is symbolic (dynamic image size), the graph loop-free
+        chunk = q
     if depthwise:
         tap_weight = conv_weight.reshape(out_channels, k).t().contiguous()  # (K, C)
         needs_grad = [conv_weight, *tables] + ([] if weight is None else [weight])
         in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in needs_grad))
+        in_place = in_place and not torch.compiler.is_exporting()
     else:
         # (Cout, Cin_g, kh, kw) -> (conv_groups, Cout_g, K, Cin_g) to match columns (Q, K, conv_groups, Cin_g)
         group_weight = conv_weight.reshape(conv_groups, out_channels // conv_groups, in_per_group, k).transpose(2, 3)
