@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from adeblur import __version__
-from adeblur.cli import EXIT_NOT_BUILT, EXIT_USAGE, main
+from adeblur.cli import EXIT_USAGE, main
 
 COMMANDS = ["deblur", "evaluate", "train", "profile", "synth", "export", "models"]
 
@@ -31,20 +31,6 @@ def test_every_contract_command_has_help(command, capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == EXIT_USAGE
     assert "COMMAND" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["deblur", "x.png"],
-        ["evaluate", "--data", "d"],
-        ["export", "--model", "nafnet", "--out", "m.onnx"],
-    ],
-)
-def test_unbuilt_commands_say_so_and_fail(argv, capsys):
-    assert main(argv) == EXIT_NOT_BUILT
-    err = capsys.readouterr().err
-    assert "not built yet" in err and err.count("\n") == 1
 
 
 def test_bad_option_is_a_usage_error(capsys):

@@ -2,7 +2,7 @@
 
 The command-line contract (commands, options, JSON keys, exit codes) is fixed by DESIGN.md; other tools
 rely on it. Exit status: 0 on success, 1 on bad input (one line on standard error), 2 on a usage error,
-3 for a command that is not built yet.
+130 when interrupted.
 """
 
 from __future__ import annotations
@@ -12,32 +12,37 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adeblur import __version__
 from adeblur.errors import AdeblurError, one_line
 
+if TYPE_CHECKING:
+    from adeblur.engine.infer import DeblurResult
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
-EXIT_NOT_BUILT = 3
-
-# Commands of the contract that later work will fill in: name -> what they will do.
-_NOT_BUILT_YET = {
-    "deblur": "deblurring images with a trained model",
-    "evaluate": "scoring a model on a dataset",
-    "export": "exporting a model to ONNX",
-}
-
-
-class _NotBuiltYet(Exception):
-    pass
-
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _gibibytes(text: str) -> int:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, got {text!r}")
+    return int(value * 2**30)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -73,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file or folder (default: <stem>_deblurred.<ext> beside each input)")
-    p.add_argument("--model", metavar="NAME", help="registered model name (see `adeblur models`)")
-    p.add_argument("--weights", metavar="PATH", help="weights file (.safetensors)")
+    p.add_argument("--model", metavar="NAME",
+                   help="registered model name (see `adeblur models`; default: the one the weights name, else m2aenet-lite)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="weights file or training checkpoint (.safetensors; default: the shipped weights)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
-    p.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
+    p.add_argument("--overlap", type=_non_negative_int, metavar="N", help="overlap between tiles in pixels (default 64)")
+    p.add_argument("--memory-budget", type=_gibibytes, metavar="GIB",
+                   help="tile when one forward pass would need more memory than this (default: 2 on the CPU, "
+                        "half the free memory on CUDA)")
+    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
+                   help="local statistics window (TLC) in input pixels; 0: whole-image statistics "
+                        "(default: 1.5 x the training patch size, else 384)")
+    p.add_argument("--kernel", metavar="FILE", help="blur kernel for kernel-based classical models (wiener, richardson-lucy)")
     p.add_argument("--save-mask", action="store_true", help="also write the predicted blur mask")
     p.add_argument("--save-motion", action="store_true", help="also write the predicted motion field")
     p.add_argument("--save-maps", action="store_true",
@@ -91,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for standard output)")
     p.add_argument("--csv", metavar="FILE", help="write per-image rows as CSV ('-' for standard output)")
     p.add_argument("--save", metavar="DIR", help="also write the restored images here")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="split of the gopro, hide, realblur and reloblur layouts (default: test)")
+    p.add_argument("--kernel", metavar="FILE",
+                   help="one blur kernel for every image (wiener, richardson-lucy); replaces DIR/kernel/")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
+    p.add_argument("--overlap", type=_non_negative_int, metavar="N", help="overlap between tiles in pixels (default 64)")
+    p.add_argument("--memory-budget", type=_gibibytes, metavar="GIB",
+                   help="tile when one forward pass would need more memory than this (as for deblur)")
+    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
+                   help="local statistics window (TLC) in input pixels; 0: whole-image statistics")
 
     p = commands.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", metavar="CONFIG.yaml")
@@ -119,8 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="export a model's dense path to ONNX")
     p.add_argument("--model", required=True, metavar="NAME")
-    p.add_argument("--weights", metavar="PATH")
+    p.add_argument("--weights", metavar="PATH", help="weights file or training checkpoint (.safetensors)")
     p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--random-weights", action="store_true",
+                   help="export a trainable model with random weights (no --weights; for testing tools)")
+    p.add_argument("--opset", type=_positive_int, default=18, metavar="N",
+                   help="ONNX opset version (default 18, the oldest PyTorch's exporter writes)")
+    p.add_argument("--size", type=_size, default=(256, 256), metavar="HxW",
+                   help="size of the example image the exporter traces (default 256x256)")
+    p.add_argument("--static", action="store_true",
+                   help="fix batch 1 and --size in the graph (default: any batch, height and width)")
+    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
+                   help="local statistics window (TLC) in input pixels, built into the graph; "
+                        "0: whole-image statistics (default: as for deblur)")
 
     commands.add_parser("models", help="list registered models and which have shipped weights")
     return parser
@@ -280,26 +316,175 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK if result.stopped != "interrupted" else 130
 
 
+def _failure(result: DeblurResult) -> str:
+    """One line on a failed input, naming it."""
+    message = one_line(result.error)
+    return message if str(result.input) in message else f"{result.input}: {message}"
+
+
+def _run_deblur(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from adeblur.engine.infer import deblur_files, load_model
+
+    model = load_model(args.model, args.weights, args.device,
+                       pool_window="auto" if args.tlc_window is None else args.tlc_window or None)  # fmt: skip
+    kernel = None
+    if args.kernel:
+        from adeblur.data.synth import load_kernel
+
+        kernel = load_kernel(args.kernel).unsqueeze(0)
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+    images = progress.add_task("images", total=None)
+    tiles = progress.add_task("tiles", total=None)
+
+    def on_progress(index: int, count: int, done: int, total: int) -> None:
+        progress.update(images, total=count, completed=index)
+        progress.update(tiles, total=total, completed=done)
+
+    results = []
+    with progress:
+        for result in deblur_files(
+            args.inputs, args.output, model=model, tile=args.tile, overlap=args.overlap,
+            memory_budget=args.memory_budget, kernel=kernel, save_mask=args.save_mask,
+            save_motion=args.save_motion, save_maps=args.save_maps, progress=on_progress,
+        ):  # fmt: skip
+            results.append(result)
+            if result.ok:
+                progress.advance(images)
+            else:
+                progress.console.print(f"skipped: {_failure(result)}")
+    failed = [result for result in results if not result.ok]
+    written = len(results) - len(failed)
+    where = f" into {args.output}" if args.output else ""
+    print(f"deblurred {written} image{'s' if written != 1 else ''}{where}")
+    if failed:
+        print(f"adeblur deblur: error: {len(failed)} of {len(results)} inputs failed:", file=sys.stderr)
+        for result in failed:
+            print(f"  {_failure(result)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from adeblur.engine.evaluate import evaluate_folder, write_csv
+    from adeblur.errors import ConfigError
+
+    if args.json == "-" and args.csv == "-":
+        raise ConfigError("--json and --csv cannot both write to standard output ('-'); give one a file")
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=console, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("evaluate", total=None, status="")
+
+    def on_image(done: int, total: int, row: dict) -> None:
+        status = f"{row['name']}: PSNR {row['psnr']:.2f} dB (input {row['input_psnr']:.2f})"
+        progress.update(task, total=total, completed=done, status=status)
+
+    with progress:
+        results = evaluate_folder(
+            args.data, args.layout, model=args.model, weights=args.weights, device=args.device,
+            kernel=args.kernel, split=args.split, save_dir=args.save, progress=on_image, tile=args.tile,
+            overlap=args.overlap, memory_budget=args.memory_budget,
+            pool_window="auto" if args.tlc_window is None else args.tlc_window or None,
+        )  # fmt: skip
+    if args.json:
+        _write_json(results, args.json)
+    if args.csv:
+        write_csv(results["images"], args.csv)
+    if "-" in (args.json, args.csv):  # standard output carries the data only
+        return EXIT_OK
+    summary = results["summary"]
+
+    def shown(value: float | None, digits: int) -> str:
+        return "n/a (no masks)" if value is None else f"{value:.{digits}f}"
+
+    table = Table(title=f"adeblur evaluate: {args.data} ({summary['count']} images)")
+    table.add_column("metric", style="bold")
+    table.add_column("restored", justify="right")
+    table.add_column("input", justify="right")
+    for key, label, digits in (("psnr", "PSNR (dB)", 3), ("ssim", "SSIM", 4),
+                               ("psnr_w", "PSNR_w (dB)", 3), ("ssim_w", "SSIM_w", 4)):  # fmt: skip
+        table.add_row(label, shown(summary[key], digits), shown(summary[f"input_{key}"], digits))
+    table.add_row("seconds per image", f"{summary['seconds_per_image']:.4f}", "")
+    table.add_row("seconds per image with I/O", f"{summary['seconds_per_image_io']:.4f}", "")
+    Console().print(table)
+    if args.save:
+        print(f"wrote {summary['count']} restored image{'s' if summary['count'] != 1 else ''} to {args.save}")
+    return EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from adeblur.engine.export import export_onnx
+    from adeblur.engine.infer import DEFAULT_POOL_WINDOW, load_model, set_pool_window, shipped_weights
+    from adeblur.errors import ConfigError
+    from adeblur.models import build_model
+
+    pool_window = "auto" if args.tlc_window is None else args.tlc_window or None
+    if args.random_weights:
+        if args.weights:
+            raise ConfigError("pass either --weights or --random-weights, not both")
+        model = build_model(args.model).eval()
+        set_pool_window(model, DEFAULT_POOL_WINDOW if pool_window == "auto" else pool_window)  # no patch size known
+        weights = "random"
+    else:  # without --weights: the shipped weights, or load_model's message saying to pass --weights
+        model = load_model(args.model, args.weights, device="cpu", pool_window=pool_window)
+        shipped = shipped_weights(args.model)
+        weights = Path(args.weights).name if args.weights else shipped.name if shipped else "none"
+    with Console(stderr=True).status(f"exporting {args.model} to ONNX (this takes a minute)"):
+        path = export_onnx(
+            model, args.out, opset=args.opset, example_size=args.size, dynamic=not args.static,
+            metadata={"model": args.model, "weights": weights},
+        )  # fmt: skip
+    shape = "1 x 3 x {} x {}".format(*args.size) if args.static else "any batch x 3 x any height x any width"
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opset {args.opset}): input 'image' ({shape}, RGB in "
+        "[0, 1]) -> output 'restored' (same shape; clamp to [0, 1])"
+    )
+    return EXIT_OK
+
+
 def _run_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from adeblur.engine.infer import shipped_weights
     from adeblur.models import list_models
 
     table = Table(title="adeblur models")
     for column in ("name", "description", "trainable", "shipped weights"):
         table.add_column(column)
     for spec in list_models():
-        # No weights ship with the package yet; trained defaults come with the "trained weights" work.
-        table.add_row(spec.name, spec.description, "yes" if spec.trainable else "no", "none")
+        if not spec.trainable:
+            weights = "not needed"
+        else:
+            path = shipped_weights(spec.name)
+            weights = path.name if path is not None else "none (pass --weights)"
+        table.add_row(spec.name, spec.description, "yes" if spec.trainable else "no", weights)
     Console(width=max(100, Console().width)).print(table)
     return EXIT_OK
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "deblur": _run_deblur,
     "synth": _run_synth,
     "profile": _run_profile,
     "train": _run_train,
+    "evaluate": _run_evaluate,
+    "export": _run_export,
     "models": _run_models,
 }
 
@@ -311,14 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        handler = _HANDLERS.get(args.command)
-        if handler is None:
-            raise _NotBuiltYet(_NOT_BUILT_YET[args.command])
-        return handler(args)
-    except _NotBuiltYet as what:
-        print(f"adeblur {args.command}: not built yet ({what}); it is planned, see the README's roadmap",
-              file=sys.stderr)
-        return EXIT_NOT_BUILT
+        return _HANDLERS[args.command](args)
     except AdeblurError as error:
         print(f"adeblur {args.command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -47,7 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adeblur.models.blocks import LayerNorm2d, NAFBlock, SimpleGate, SimplifiedChannelAttention, simple_gate
+from adeblur.models.blocks import (
+    LayerNorm2d,
+    NAFBlock,
+    SimpleGate,
+    SimplifiedChannelAttention,
+    local_mean,
+    simple_gate,
+)
 from adeblur.models.nafnet import check_image_batch, pad_to_multiple
 from adeblur.ops import (
     DeformConv2d,
@@ -130,6 +137,12 @@ class MaskPredictor(nn.Module):
     feature); classify the concatenation (1x1 C -> C/2, GELU, C/2 -> C/4, GELU, C/4 -> 2).
     Channel 0 is blur, channel 1 sharp; ``softmax(dim=1)`` gives ``p`` of Eq. 1.
 
+    Attributes:
+        pool_window: None (default: the global feature averages the whole image) or a window in pixels
+            of the features: each pixel's global feature is then the mean over its window
+            (:func:`~adeblur.models.blocks.local_mean`; TLC at inference, see ``docs/deblur.md``).
+        pool_border: how windows meet the image border, see :func:`~adeblur.models.blocks.local_mean`.
+
     >>> MaskPredictor(16)(torch.rand(2, 16, 5, 7)).shape
     torch.Size([2, 2, 5, 7])
     """
@@ -148,11 +161,19 @@ class MaskPredictor(nn.Module):
             nn.GELU(),
             nn.Conv2d(channels // 4, 2, 1),
         )
+        self.pool_window: int | None = None
+        self.pool_border = "shift"
 
     def forward(self, features: Tensor) -> Tensor:
         local_feature, global_part = self.embed(features).chunk(2, dim=1)
-        global_feature = global_part.mean(dim=(2, 3), keepdim=True).expand_as(global_part)
+        if self.pool_window is None:
+            global_feature = global_part.mean(dim=(2, 3), keepdim=True).expand_as(global_part)
+        else:  # TLC: the mean over each pixel's window
+            global_feature = local_mean(global_part, self.pool_window, self.pool_border).expand_as(global_part)
         return self.classify(torch.cat((local_feature, global_feature), dim=1))
+
+    def extra_repr(self) -> str:
+        return "" if self.pool_window is None else f"pool_window={self.pool_window}, pool_border={self.pool_border!r}"
 
 
 class IntraMotionAnalyser(nn.Module):
