@@ -442,6 +442,7 @@ class _Run:
             "seconds": seconds,
             "data_seconds": totals["data"],
             "data_fraction": totals["data"] / seconds if seconds else 0.0,
+            "pool_fill_seconds": self.fill_seconds,
             "patches_per_second": totals["steps"] * config.data.batch_size * group.world / seconds if seconds else 0.0,
         }
         self.emit(TrainEvent("end", self.step, {"stopped": stopped, **timing}))
