@@ -66,6 +66,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_restoration_options(p: argparse.ArgumentParser) -> None:
+    """Device, tiling and TLC options, shared by deblur and evaluate."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
+    p.add_argument("--overlap", type=_non_negative_int, metavar="N", help="overlap between tiles in pixels (default 64)")
+    p.add_argument("--memory-budget", type=_gibibytes, metavar="GIB",
+                   help="tile when one forward pass would need more memory than this (default: 2 on the CPU, "
+                        "half the free memory on CUDA)")
+    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
+                   help="local statistics window (TLC) in input pixels; 0: whole-image statistics "
+                        "(default: 1.5 x the training patch size, else 384)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adeblur",
@@ -82,15 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered model name (see `adeblur models`; default: the one the weights name, else m2aenet-lite)")
     p.add_argument("--weights", metavar="PATH",
                    help="weights file or training checkpoint (.safetensors; default: the shipped weights)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
-    p.add_argument("--overlap", type=_non_negative_int, metavar="N", help="overlap between tiles in pixels (default 64)")
-    p.add_argument("--memory-budget", type=_gibibytes, metavar="GIB",
-                   help="tile when one forward pass would need more memory than this (default: 2 on the CPU, "
-                        "half the free memory on CUDA)")
-    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
-                   help="local statistics window (TLC) in input pixels; 0: whole-image statistics "
-                        "(default: 1.5 x the training patch size, else 384)")
+    _add_restoration_options(p)
     p.add_argument("--kernel", metavar="FILE", help="blur kernel for kernel-based classical models (wiener, richardson-lucy)")
     p.add_argument("--save-mask", action="store_true", help="also write the predicted blur mask")
     p.add_argument("--save-motion", action="store_true", help="also write the predicted motion field")
@@ -109,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of the gopro, hide, realblur and reloblur layouts (default: test)")
     p.add_argument("--kernel", metavar="FILE",
                    help="one blur kernel for every image (wiener, richardson-lucy); replaces DIR/kernel/")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--tile", type=_positive_int, metavar="N", help="tile size in pixels (default: automatic)")
-    p.add_argument("--overlap", type=_non_negative_int, metavar="N", help="overlap between tiles in pixels (default 64)")
-    p.add_argument("--memory-budget", type=_gibibytes, metavar="GIB",
-                   help="tile when one forward pass would need more memory than this (as for deblur)")
-    p.add_argument("--tlc-window", type=_non_negative_int, metavar="PX",
-                   help="local statistics window (TLC) in input pixels; 0: whole-image statistics")
+    _add_restoration_options(p)
 
     p = commands.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", metavar="CONFIG.yaml")
@@ -186,23 +185,14 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _write_json(data: object, target: str) -> None:
     """Write ``data`` as JSON to standard output (``-``) or to the file ``target``, atomically."""
     import json
-    import os
-    import secrets
+
+    from adeblur.io import write_text
 
     text = json.dumps(data, indent=2) + "\n"
     if target == "-":
         sys.stdout.write(text)
         return
-    path = Path(target)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "x") as file:  # permissions follow the umask
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise AdeblurError(f"cannot write JSON {str(path)!r}: {error.strerror or error}") from error
+    write_text(target, text, what="JSON")
 
 
 def _run_profile(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ import tifffile
 import torch
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
-from adeblur.errors import ConfigError, ImageError, one_line
+from adeblur.errors import AdeblurError, ConfigError, ImageError, one_line
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -57,6 +57,7 @@ __all__ = [
     "read_image_size",
     "to_rgb",
     "write_image",
+    "write_text",
 ]
 
 FORMAT_BY_EXTENSION: dict[str, str] = {
@@ -708,14 +709,38 @@ def _encode_tifffile(file: IO[bytes], pixels: np.ndarray, icc_profile: bytes | N
     )
 
 
-def _write_atomically(path: Path, encode: Callable[[IO[bytes]], None]) -> None:
+def write_text(path: str | os.PathLike[str], text: str, *, what: str = "file") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_image` writes images; return ``path``.
+
+    Raises:
+        AdeblurError: the file cannot be written (the message names ``what`` and the path).
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> write_text(Path(folder.name) / "a" / "notes.csv", "x,y").read_text()
+    'x,y'
+    >>> folder.cleanup()
+    """
+    path = Path(path)
+
+    def error(target: Path, reason: str) -> AdeblurError:
+        return AdeblurError(f"cannot write {what} {_quote(target)}: {one_line(reason)}")
+
+    _write_atomically(path, lambda file: file.write(text.encode("utf-8")), error)
+    return path
+
+
+def _write_atomically(
+    path: Path, encode: Callable[[IO[bytes]], object], error: Callable[[Path, str], Exception] | None = None
+) -> None:
     """Encode into a temporary file beside ``path``, then rename it over ``path``."""
+    error = error or _write_error
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         file = open(temporary, "xb")  # noqa: SIM115 -- exclusive create; permissions follow the umask
     except OSError as err:
-        raise _write_error(path, err.strerror or str(err)) from err
+        raise error(path, err.strerror or str(err)) from err
     try:
         with file:
             encode(file)
@@ -726,7 +751,7 @@ def _write_atomically(path: Path, encode: Callable[[IO[bytes]], None]) -> None:
         temporary.unlink(missing_ok=True)
         if not isinstance(err, Exception):
             raise
-        raise _write_error(path, str(err) or type(err).__name__) from err
+        raise error(path, (err.strerror if isinstance(err, OSError) else None) or str(err) or type(err).__name__) from err
 
 
 def _same_file(path: Path, other: Path) -> bool:

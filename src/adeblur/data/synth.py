@@ -44,7 +44,7 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from adeblur.data.transforms import as_generator, sample_generator
+from adeblur.data.transforms import as_generator
 from adeblur.errors import ConfigError, ImageError, KernelError, one_line
 from adeblur.io import IMAGE_EXTENSIONS, read_image
 

@@ -47,7 +47,6 @@ import csv
 import io
 import math
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,9 +59,9 @@ from torch import Tensor, nn
 from adeblur.data.datasets import LAYOUTS, open_dataset
 from adeblur.data.synth import load_kernel
 from adeblur.engine.infer import load_model, restore
-from adeblur.engine.profile import resolve_device
-from adeblur.errors import AdeblurError, ConfigError, DatasetError, KernelError, MetricError
-from adeblur.io import from_rgb, read_image, to_rgb, write_image
+from adeblur.engine.profile import resolve_device, synchronize
+from adeblur.errors import ConfigError, DatasetError, KernelError, MetricError
+from adeblur.io import from_rgb, read_image, to_rgb, write_image, write_text
 from adeblur.metrics import SSIM_WINDOW_SIZE, psnr, ssim
 
 __all__ = ["ROW_KEYS", "SUMMARY_KEYS", "evaluate", "evaluate_folder", "write_csv"]
@@ -145,14 +144,14 @@ def evaluate(
                 if image_kernel is None:
                     raise KernelError(f"image {name!r} has no blur kernel; {_kernel_hint(model)}")
                 image_kernel = _as_kernel(image_kernel, f"kernel of image {name!r}").to(device)
-            _synchronize(device)
+            synchronize(device)
             read_seconds = time.perf_counter() - started
 
             started = time.perf_counter()
             restored = restore(
                 model, blur, tile=tile, overlap=overlap, kernel=image_kernel, memory_budget=memory_budget
             )
-            _synchronize(device)
+            synchronize(device)
             seconds = time.perf_counter() - started
             restored = restored.clamp(0, 1)
 
@@ -261,24 +260,10 @@ def write_csv(rows: Sequence[Mapping[str, Any]], target: str | os.PathLike[str] 
     if not isinstance(target, (str, os.PathLike)):
         target.write(text)
         return
-    path = Path(target)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "x", newline="") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise AdeblurError(f"cannot write CSV {str(path)!r}: {error.strerror or error}") from error
+    write_text(target, text, what="CSV")
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _kernel_hint(model: nn.Module) -> str:

@@ -357,7 +357,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU. Timers call it before reading the clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -368,10 +369,10 @@ def _median_seconds(run: Callable[[], object], device: torch.device, *, repeats:
         run()
     times = []
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         run()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

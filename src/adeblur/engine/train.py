@@ -55,8 +55,9 @@ from adeblur.engine.data import (
 )
 from adeblur.engine.logging import TrainingLog
 from adeblur.engine.optim import ExponentialMovingAverage, build_optimizer, learning_rate, set_learning_rate
-from adeblur.engine.profile import resolve_device
+from adeblur.engine.profile import resolve_device, synchronize
 from adeblur.errors import ConfigError, TrainingError
+from adeblur.io import write_text
 from adeblur.losses import M2AENetLoss, reconstruction_loss
 from adeblur.metrics import psnr, ssim, weighted_psnr, weighted_ssim
 from adeblur.models import M2AENet, build_model
@@ -317,7 +318,7 @@ class _Run:
             self.pool.next_slot = start_chunk % self.pool.slots
             for _ in range(self.pool.slots):
                 self.pool.put(self._fresh_batch())
-            _synchronize(self.device)
+            synchronize(self.device)
             self.fill_seconds = time.perf_counter() - started
 
     def _validation_set(self) -> None:
@@ -366,7 +367,7 @@ class _Run:
             self._load(resume_from)
         if group.main:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False), what="run config")
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.keep_last)
         if resume_from is not None:
             self._check_no_later_checkpoints()
@@ -411,10 +412,10 @@ class _Run:
                     break
                 t0 = time.perf_counter()
                 batch = self._batch(self.step)
-                _synchronize(self.device)
+                synchronize(self.device)
                 t1 = time.perf_counter()
                 terms = self._update(batch)
-                _synchronize(self.device)
+                synchronize(self.device)
                 t2 = time.perf_counter()
                 self.step += 1
                 for bucket in (totals, window):
@@ -617,11 +618,6 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _synth_options(sources) -> dict[str, Any]:
     """Device-side blur options: those of the first synthetic source (they must agree)."""
     found = None
@@ -659,9 +655,3 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 def _checkpoint_step(path: Path) -> int | None:
     stem = path.stem
     return int(stem.split("_")[1]) if stem.startswith("step_") else None
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
