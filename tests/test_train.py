@@ -452,3 +452,53 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert f"finished at step {max(steps) + 2}" in resumed.stderr
     rows = read_csv(tmp_path / "run" / "train.csv")
     assert [r["step"] for r in rows] == list(range(1, max(steps) + 3))
+
+
+def test_stop_right_after_a_checkpoint_writes_it_once(tmp_path):
+    events: list[TrainEvent] = []
+    result = train(
+        config_from_dict(tiny_config(tmp_path, steps=10)),
+        callback=events.append,
+        should_stop=lambda: sum(e.kind == "checkpoint" for e in events) >= 1,  # stops after step 2's
+    )
+    assert result.stopped == "interrupted" and result.step == 2
+    assert [e.step for e in events if e.kind == "checkpoint"] == [2]
+    assert result.last_checkpoint is not None and result.last_checkpoint.name == "step_00000002.safetensors"
+
+
+def test_validation_sources_default_to_the_test_split(tmp_path):
+    from adeblur.engine.config import SourceConfig
+
+    root = tmp_path / "GOPRO_Large"
+    source = SourceConfig("gopro", root=str(root))
+    for split in ("train", "test"):
+        for kind in ("blur", "sharp"):
+            folder = root / split / "GOPR0001_11_00" / kind
+            folder.mkdir(parents=True)
+            from adeblur.io import write_image
+
+            write_image(folder / f"{split}.png", torch.full((3, 8, 8), 0.5))
+    assert build_source(source, patch_size=None).names == ["GOPR0001_11_00/train"]
+    assert build_source(source, patch_size=None, default_split="test").names == ["GOPR0001_11_00/test"]
+
+
+def test_cli_set_takes_several_values_and_rejects_bad_minutes(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, steps=50)))
+    assert main(["train", str(path), "--set", "steps=1", "val_every=1"]) == 0
+    assert "finished at step 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(path), "--max-minutes", "-1"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_out_of_memory_is_one_line(monkeypatch, capsys):
+    import adeblur.cli as cli
+
+    def explode(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
+
+    monkeypatch.setitem(cli._HANDLERS, "models", explode)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory" in err and "--tile" in err

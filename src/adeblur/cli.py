@@ -24,6 +24,16 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -119,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--resume", metavar="PATH")
-    p.add_argument("--set", action="append", default=[], metavar="key=value", help="override a config value")
-    p.add_argument("--max-minutes", type=float, metavar="M")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="key=value",
+                   help="override config values (dotted keys, YAML values)")
+    p.add_argument("--max-minutes", type=_positive_float, metavar="M", help="stop, with a checkpoint, after M minutes")
 
     p = commands.add_parser("profile", help="parameters, MACs, time and peak memory of a model")
     p.add_argument("--model", required=True, metavar="NAME")
@@ -482,6 +493,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch  # after parsing: --help and usage errors stay fast
+
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -489,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _HANDLERS[args.command](args)
     except AdeblurError as error:
         print(f"adeblur {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (MemoryError, torch.OutOfMemoryError) as error:  # CPU allocations, CUDA
+        hint = "try --tile / --memory-budget, or a smaller data.batch_size / data.patch_size for training"
+        print(f"adeblur {args.command}: error: out of memory ({one_line(error)[:200]}); {hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"adeblur {args.command}: interrupted", file=sys.stderr)

@@ -58,7 +58,7 @@ __all__ = [
 TRAINING_KEYS = ("blur", "sharp", "mask")
 """What a training batch holds (the losses need no more)."""
 
-_SPLITS = {"gopro": "train", "hide": "train", "realblur": "train", "reloblur": "train"}
+_SPLIT_LAYOUTS = ("gopro", "hide", "realblur", "reloblur")
 
 
 def make_generator(device: torch.device | str, *seeds: int) -> torch.Generator:
@@ -80,6 +80,7 @@ def build_source(
     seed: int = 0,
     blur_on_device: bool = False,
     length: int | None = None,
+    default_split: str = "train",
 ) -> Dataset:
     """The dataset a :class:`~adeblur.engine.config.SourceConfig` describes, cut to ``patch_size``.
 
@@ -87,6 +88,8 @@ def build_source(
     file layouts are cropped (``crop``: ``"random"`` or ``"blur-aware"``, LBAG's rule) to ``patch_size``
     (``None``: whole images) and flipped/rotated when ``augment``. ``length`` sets the number of
     samples of a synthetic source (its image count, or 1000 for dead leaves, by default).
+    ``default_split``: the split of layouts that have splits when the source names none (validation
+    sources pass ``"test"``, so they never read training images by default).
 
     Raises:
         ConfigError, DatasetError: unknown options, missing folders, unreadable data.
@@ -112,8 +115,8 @@ def build_source(
         transforms.append(BlurAwareCrop(patch_size) if crop == "blur-aware" else RandomCrop(patch_size))
     if augment:
         transforms.append(RandomFlipRotate())
-    if source.type in _SPLITS:
-        options.setdefault("split", source.split or _SPLITS[source.type])
+    if source.type in _SPLIT_LAYOUTS:
+        options.setdefault("split", source.split or default_split)
     elif source.split is not None:
         raise ConfigError(f"a {source.type} source has no splits (got split {source.split!r})")
     try:

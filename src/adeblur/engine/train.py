@@ -160,7 +160,8 @@ def _set_up_distributed(device_name: str) -> _Distributed:
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # NCCL for CUDA tensors; gloo for the few CPU tensors (validation sums, log averages)
+        dist.init_process_group("cuda:nccl,cpu:gloo" if use_cuda else "gloo")
         owns = True
     return _Distributed(rank, local_rank, world, owns)
 
@@ -226,6 +227,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.step = 0
+        self.saved_step: int | None = None  # step of the last regular checkpoint written (or resumed from)
         self.best: dict[str, Any] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class _Run:
             self.ema.load_state_dict(checkpoint.ema_state)
             self.ema.num_updates = int(checkpoint.metadata.get("ema_updates", 0))
         restore_rng_states(checkpoint.rng_states)
-        self.step = int(checkpoint.metadata["step"])
+        self.step = self.saved_step = int(checkpoint.metadata["step"])
         self.best = checkpoint.metadata.get("best")
         if "scaler" in checkpoint.metadata and self.scaler.is_enabled():
             self.scaler.load_state_dict(checkpoint.metadata["scaler"])
@@ -331,7 +333,7 @@ class _Run:
         length = data.val_count if data.val.type == "synthetic" else None
         dataset = build_source(
             data.val, patch_size=data.val_size, crop="random", augment=False,
-            seed=self.config.seed + _VAL_STREAM, blur_on_device=False, length=length,
+            seed=self.config.seed + _VAL_STREAM, blur_on_device=False, length=length, default_split="test",
         )  # fmt: skip
         self.val_indices, share = validation_batches(dataset, data.val_count, rank=self.group.rank, world=self.group.world)
         self.val_share = share
@@ -340,7 +342,12 @@ class _Run:
             entry = {key: value for key, value in collate_samples([sample]).items() if key in ("blur", "sharp", "mask")}
             entry["has_mask"] = torch.tensor("mask" in sample)  # synthetic samples always have one
             self.val_samples.append(entry)
-        self.val_has_masks = bool(self.val_samples) and all(bool(s["has_mask"]) for s in self.val_samples)
+        has_masks = all(bool(s["has_mask"]) for s in self.val_samples)
+        if self.group.world > 1:  # the best-metric choice (and so the best-checkpoint barrier) must agree
+            flag = torch.tensor([int(has_masks)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            has_masks = bool(int(flag))
+        self.val_has_masks = has_masks
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -431,7 +438,7 @@ class _Run:
                     validation = self._validate_and_log(log)
                 if self.step % config.checkpoint_every == 0 and self.step < config.steps:
                     last_checkpoint = self._save()
-            if last_checkpoint is None or _checkpoint_step(last_checkpoint) != self.step:
+            if self.saved_step != self.step:  # known on every rank (paths only on rank 0)
                 last_checkpoint = self._save()
         finally:
             if log is not None:
@@ -467,7 +474,12 @@ class _Run:
         with autocast:
             terms = self.objective(self.network, batch, generator)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self.group.world > 1:  # every process must stop, or the others wait in backward for ever
+            flag = torch.tensor([0 if finite else 1], device=loss.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            finite = not int(flag)
+        if not finite:
             raise TrainingError(
                 f"the loss is {float(loss)} at step {self.step + 1}; the last checkpoint is intact: resume from "
                 "it with a lower optimizer.lr, or set grad_clip"
@@ -540,7 +552,7 @@ class _Run:
                 "ema_updates": self.ema.num_updates if self.ema is not None else None,
             }
             if self.scaler.is_enabled():
-                metadata["scaler"] = {k: float(v) if isinstance(v, (int, float)) else v for k, v in self.scaler.state_dict().items()}
+                metadata["scaler"] = dict(self.scaler.state_dict())  # numbers only; JSON keeps ints as ints
             state = {
                 "model_state": self.model.state_dict(),
                 "optimizer_state": self.optimizer.state_dict(),
@@ -553,6 +565,8 @@ class _Run:
             else:
                 path = self.checkpoints.save(self.step, **state)
                 self.emit(TrainEvent("checkpoint", self.step, {"path": str(path)}))
+        if not best:
+            self.saved_step = self.step
         self.group.barrier()
         return path
 
