@@ -33,7 +33,7 @@ from adeblur.data.transforms import as_generator, patch_size_pair, sample_genera
 from adeblur.errors import ConfigError, DatasetError, ImageError
 from adeblur.io import list_images, read_image, to_rgb
 
-__all__ = ["KINDS", "SyntheticBlurDataset", "synthesize_batch"]
+__all__ = ["KINDS", "SyntheticBlurDataset", "synthesize_batch", "with_kernel_canvas"]
 
 KINDS = ("local", "global", "mixed")
 """Blur kinds: local object motion, global camera shake, or a per-sample random choice of the two."""
@@ -117,6 +117,20 @@ def _global(sharp: torch.Tensor, generator, options: dict) -> dict[str, torch.Te
     return out
 
 
+def with_kernel_canvas(global_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``global_options`` plus a fixed ``kernel_size`` of ``2 * length_range[1] - 1`` (129 by default)
+    unless it gives kernels or a size: one canvas for every sample, so batches stack.
+
+    >>> with_kernel_canvas({"length_range": (5, 9)})["kernel_size"]
+    17
+    """
+    options = dict(global_options or {})
+    if "kernels" not in options and "kernel_size" not in options:
+        longest = options.get("length_range", (7, 65))[1]
+        options["kernel_size"] = 2 * math.ceil(longest) - 1
+    return options
+
+
 class SyntheticBlurDataset(Dataset):
     """Sharp patches blurred on the fly: a folder (or list) of sharp images, or dead leaves.
 
@@ -192,9 +206,7 @@ class SyntheticBlurDataset(Dataset):
         self.blur = bool(blur)
         self.cache_images = bool(cache_images)
         self._decoded: dict[int, torch.Tensor] = {}
-        if "kernels" not in self.global_options and "kernel_size" not in self.global_options:
-            longest = self.global_options.get("length_range", (7, 65))[1]
-            self.global_options["kernel_size"] = 2 * math.ceil(longest) - 1
+        self.global_options = with_kernel_canvas(self.global_options)
 
     def __len__(self) -> int:
         return self.length

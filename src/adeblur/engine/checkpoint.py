@@ -58,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointManager",
     "capture_rng_states",
+    "checkpoint_step",
     "load_checkpoint",
     "load_weights",
     "restore_rng_states",
@@ -358,6 +359,16 @@ def restore_rng_states(
 
 _STEP_NAME = re.compile(r"step_(\d+)\.safetensors")
 _BEST_NAME = "best.safetensors"
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int:
+    """The step in a ``step_XXXXXXXX.safetensors`` name; ``-1`` for any other name (e.g. ``best``).
+
+    >>> checkpoint_step("run/checkpoints/step_00000250.safetensors"), checkpoint_step("best.safetensors")
+    (250, -1)
+    """
+    match = _STEP_NAME.fullmatch(Path(path).name)
+    return int(match[1]) if match else -1
 # Temporary files of _write_atomically for the manager's own names,
 # e.g. ".step_00000010.safetensors.tmp-4711-9f2c1a0b" (process id, random suffix).
 _MANAGER_TEMPORARY_NAME = re.compile(r"\.(?:step_\d+|best)\.safetensors\.tmp-\d+-[0-9a-f]+")

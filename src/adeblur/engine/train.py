@@ -25,7 +25,6 @@ command line renders.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import warnings
@@ -40,8 +39,15 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from adeblur.engine.checkpoint import CheckpointManager, capture_rng_states, load_checkpoint, restore_rng_states
+from adeblur.engine.checkpoint import (
+    CheckpointManager,
+    capture_rng_states,
+    checkpoint_step,
+    load_checkpoint,
+    restore_rng_states,
+)
 from adeblur.engine.config import TrainingConfig, config_from_dict, config_to_dict
+from adeblur.data.synthetic import with_kernel_canvas
 from adeblur.engine.data import (
     PairPool,
     SampleStream,
@@ -253,7 +259,7 @@ class _Run:
 
     def _check_no_later_checkpoints(self) -> None:
         """Resuming from an older checkpoint into the same folder would mix two histories: refuse."""
-        later = [p.name for p in self.checkpoints.checkpoints() if (_checkpoint_step(p) or 0) > self.step]
+        later = [p.name for p in self.checkpoints.checkpoints() if checkpoint_step(p) > self.step]
         if later:
             raise ConfigError(
                 f"run folder {str(self.run_dir)!r} already has later checkpoints ({', '.join(later)}) than "
@@ -646,11 +652,7 @@ def _synth_options(sources) -> dict[str, Any]:
             found = options
     if found is None:
         return {}
-    global_options = dict(found["global_options"] or {})
-    if "kernels" not in global_options and "kernel_size" not in global_options:
-        longest = global_options.get("length_range", (7, 65))[1]
-        global_options["kernel_size"] = 2 * math.ceil(longest) - 1
-    return {"local_options": found["local_options"] or {}, "global_options": global_options}
+    return {"local_options": found["local_options"] or {}, "global_options": with_kernel_canvas(found["global_options"])}
 
 
 def _normalised(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -664,8 +666,3 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     return [prefix.rstrip(".")] if old != new else []
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    stem = path.stem
-    return int(stem.split("_")[1]) if stem.startswith("step_") else None
