@@ -11,7 +11,7 @@ Every model is an :class:`torch.nn.Module` mapping a (B, 3, H, W) batch in [0, 1
 batch (the input plus a learned residual; not clamped). Models pad inside, so any H and W work;
 ``model.size_multiple`` says which sizes need no padding (useful for tiling).
 
-Registered models (see ``docs/m2aenet.md``):
+Registered models (see ``docs/m2aenet.md`` and ``docs/saphnet.md``):
 
 =====================  ======================================================================
 ``nafnet``             NAFNet, width 32, encoder [1, 1, 1, 28], middle 1, decoder [1, 1, 1, 1]
@@ -21,6 +21,12 @@ Registered models (see ``docs/m2aenet.md``):
 ``m2aenet-no-motion``  Table 3 variant 3): no intra-motion analyser / motion-aware DConv
 ``m2aenet-linear``     linear trajectories (Appendix B, Eq. 12) instead of quadratic (Eq. 4)
 ``m2aenet-lite``       ``m2aenet`` with the ``nafnet-lite`` widths and block counts
+``dmphn``              DMPHN (Zhang et al. 2019), levels of 1-2-4 patches, widths 32-64-128
+``dmphn-1248``         DMPHN with levels of 1-2-4-8 patches
+``dmphn-lite``         ``dmphn`` with widths 16-32-64 (CPU work)
+``saphnet``            SAPHNet (Suin et al. 2020) = ``saphnet-b``: 3 content-aware resblocks at 128 filters
+``saphnet-a``          SAPHNet without learned PDF offsets (Table 1, Ours (a))
+``saphnet-lite``       SAPHNet with widths 12-24-48, 3 content-aware blocks at the coarsest scale only
 ``identity``           returns its input (scores the blurred input itself); not trainable
 ``wiener``             Wiener deconvolution with the known blur kernel; not trainable
 ``richardson-lucy``    Richardson-Lucy deconvolution with the known blur kernel; not trainable
@@ -43,15 +49,19 @@ from torch import Tensor, nn
 
 from adeblur.errors import ConfigError
 from adeblur.models.classical import RichardsonLucy, UnsharpMask, WienerDeconvolution
+from adeblur.models.dmphn import DMPHN
 from adeblur.models.m2aenet import M2AENet
 from adeblur.models.nafnet import NAFNet
+from adeblur.models.saphnet import SAPHNet
 
 __all__ = [
+    "DMPHN",
     "IdentityModel",
     "M2AENet",
     "ModelSpec",
     "NAFNet",
     "RichardsonLucy",
+    "SAPHNet",
     "UnsharpMask",
     "WienerDeconvolution",
     "build_model",
@@ -176,6 +186,17 @@ register_model(
     trajectory="linear", **_NAFNET,
 )  # fmt: skip
 register_model("m2aenet-lite", M2AENet, "M2AENet with the nafnet-lite widths and block counts, for CPU work", **_LITE)
+register_model("dmphn", DMPHN, "DMPHN (Zhang et al. 2019), 1-2-4 patch levels, widths 32-64-128, 5.42 M params")
+register_model("dmphn-1248", DMPHN, "DMPHN with 1-2-4-8 patch levels, 7.23 M params", levels=(1, 2, 4, 8))
+register_model("dmphn-lite", DMPHN, "DMPHN 1-2-4 with widths 16-32-64, for CPU work, 1.36 M params", widths=(16, 32, 64))
+register_model(
+    "saphnet", SAPHNet, "SAPHNet (Suin et al. 2020) = saphnet-b: 3 content-aware resblocks per encoder/decoder at 128 filters, 15.67 M params",
+)  # fmt: skip
+register_model("saphnet-a", SAPHNet, "SAPHNet (a): no learned PDF offsets (Table 1), 14.63 M params", learn_offsets=False)
+register_model(
+    "saphnet-lite", SAPHNet, "SAPHNet, widths 12-24-48, 3 content-aware blocks at 1/4 scale, clusters 8, for CPU work, 2.59 M params",
+    widths=(12, 24, 48), blocks=(0, 0, 3), clusters=8,
+)  # fmt: skip
 register_model("identity", IdentityModel, "returns the input unchanged (scores the blurred input)", trainable=False)
 register_model("wiener", WienerDeconvolution, "Wiener deconvolution with the known kernel", trainable=False)
 register_model("richardson-lucy", RichardsonLucy, "Richardson-Lucy deconvolution, known kernel", trainable=False)
