@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import bilinear_sample
 
 from adeblur.ops import (
     DeformConv2d,
@@ -24,18 +23,6 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
 ]
-
-
-def _bilinear(image: list[list[float]], y: float, x: float) -> float:
-    """Bilinear sample with zeros outside the image."""
-    height, width = len(image), len(image[0])
-    y0, x0 = math.floor(y), math.floor(x)
-    total = 0.0
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < height and 0 <= xx < width:
-                total += wy * wx * image[yy][xx]
-    return total
 
 
 def reference_deform_conv2d(input, offset, weight, bias=None, mask=None, stride=1, padding=0, dilation=1):
@@ -70,7 +57,7 @@ def reference_deform_conv2d(input, offset, weight, bias=None, mask=None, stride=
                                 k = og * taps + i * kw + j
                                 y = oy * sh - ph + i * dh + off[b][2 * k][oy][ox]
                                 xx = ox * sw - pw + j * dw + off[b][2 * k + 1][oy][ox]
-                                value = _bilinear(x[b][ci], y, xx)
+                                value = bilinear_sample(x[b][ci], y, xx)
                                 if m is not None:
                                     value *= m[b][k][oy][ox]
                                 acc += w[co][c_local][i][j] * value

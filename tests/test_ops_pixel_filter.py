@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import bilinear_sample
 
 from adeblur.engine.profile import count_macs
 from adeblur.ops import (
@@ -23,18 +24,6 @@ DEVICES = [
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
 ]
 SWITCHES = [(True, True), (True, False), (False, True), (False, False)]  # (adaptive_kernel, learn_offsets)
-
-
-def _bilinear(image: list[list[float]], y: float, x: float) -> float:
-    """Bilinear sample with zeros outside the image."""
-    height, width = len(image), len(image[0])
-    y0, x0 = math.floor(y), math.floor(x)
-    total = 0.0
-    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-            if 0 <= yy < height and 0 <= xx < width:
-                total += wy * wx * image[yy][xx]
-    return total
 
 
 def reference_pdf(x, kernel_weights, offsets, weight, bias=None):
@@ -54,7 +43,7 @@ def reference_pdf(x, kernel_weights, offsets, weight, bias=None):
                         y = i + ky - half + off[b][2 * k][i][j]  # dy first (deform_conv2d's layout)
                         xx = j + kx - half + off[b][2 * k + 1][i][j]
                         for c in range(in_channels):
-                            total += v[b][k][i][j] * w[o][c][ky][kx] * _bilinear(xs[b][c], y, xx)
+                            total += v[b][k][i][j] * w[o][c][ky][kx] * bilinear_sample(xs[b][c], y, xx)
                     out[b, o, i, j] = total
     return out
 
