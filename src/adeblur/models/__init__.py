@@ -11,7 +11,7 @@ Every model is an :class:`torch.nn.Module` mapping a (B, 3, H, W) batch in [0, 1
 batch (the input plus a learned residual; not clamped). Models pad inside, so any H and W work;
 ``model.size_multiple`` says which sizes need no padding (useful for tiling).
 
-Registered models (see ``docs/m2aenet.md`` and ``docs/saphnet.md``):
+Registered models (see ``docs/m2aenet.md``, ``docs/saphnet.md`` and ``docs/saphnet-as.md``):
 
 =====================  ======================================================================
 ``nafnet``             NAFNet, width 32, encoder [1, 1, 1, 28], middle 1, decoder [1, 1, 1, 1]
@@ -27,6 +27,10 @@ Registered models (see ``docs/m2aenet.md`` and ``docs/saphnet.md``):
 ``saphnet``            SAPHNet (Suin et al. 2020) = ``saphnet-b``: 3 content-aware resblocks at 128 filters
 ``saphnet-a``          SAPHNet without learned PDF offsets (Table 1, Ours (a))
 ``saphnet-lite``       SAPHNet with widths 12-24-48, 3 content-aware blocks at the coarsest scale only
+``saphnet-as``         SAPHNet with pixel-adaptive sampling (TPAMI): stages 2-3 process K chosen pixels
+``saphnet-as-lite``    ``saphnet-as`` with the ``saphnet-lite`` widths and clusters (CPU work)
+``dmphn-as``           DMPHN with the same pixel-adaptive sampling (TPAMI Table VI, plug-and-play)
+``dmphn-as-lite``      ``dmphn-as`` with widths 16-32-64 (CPU work)
 ``identity``           returns its input (scores the blurred input itself); not trainable
 ``wiener``             Wiener deconvolution with the known blur kernel; not trainable
 ``richardson-lucy``    Richardson-Lucy deconvolution with the known blur kernel; not trainable
@@ -53,15 +57,18 @@ from adeblur.models.dmphn import DMPHN
 from adeblur.models.m2aenet import M2AENet
 from adeblur.models.nafnet import NAFNet
 from adeblur.models.saphnet import SAPHNet
+from adeblur.models.saphnet_as import DMPHNAS, SAPHNetAS
 
 __all__ = [
     "DMPHN",
+    "DMPHNAS",
     "IdentityModel",
     "M2AENet",
     "ModelSpec",
     "NAFNet",
     "RichardsonLucy",
     "SAPHNet",
+    "SAPHNetAS",
     "UnsharpMask",
     "WienerDeconvolution",
     "build_model",
@@ -196,6 +203,19 @@ register_model("saphnet-a", SAPHNet, "SAPHNet (a): no learned PDF offsets (Table
 register_model(
     "saphnet-lite", SAPHNet, "SAPHNet, widths 12-24-48, 3 content-aware blocks at 1/4 scale, clusters 8, for CPU work, 2.59 M params",
     widths=(12, 24, 48), blocks=(0, 0, 3), clusters=8,
+)  # fmt: skip
+register_model(
+    "saphnet-as", SAPHNetAS, "SAPHNet with pixel-adaptive sampling (TPAMI): stages 2-3 refine K = HW/16 chosen pixels, 8.96 M params",
+)  # fmt: skip
+register_model(
+    "saphnet-as-lite", SAPHNetAS, "saphnet-as with widths 12-24-48, clusters 8, for CPU work, 1.44 M params",
+    widths=(12, 24, 48), blocks=(0, 0, 3), clusters=8,
+)  # fmt: skip
+register_model(
+    "dmphn-as", DMPHNAS, "DMPHN 1-2-4 with pixel-adaptive sampling in stages 2-3 (TPAMI Table VI), 3.18 M params",
+)  # fmt: skip
+register_model(
+    "dmphn-as-lite", DMPHNAS, "dmphn-as with widths 16-32-64, for CPU work, 0.81 M params", widths=(16, 32, 64),
 )  # fmt: skip
 register_model("identity", IdentityModel, "returns the input unchanged (scores the blurred input)", trainable=False)
 register_model("wiener", WienerDeconvolution, "Wiener deconvolution with the known kernel", trainable=False)
