@@ -18,30 +18,41 @@ frames of the exposure); TV = mean absolute difference of horizontally and verti
 displacements, in pixels of the scale, averaged over both coordinates; ``alpha = 5e-4``
 (:data:`DEFAULT_TV_WEIGHT`); masks and images resized by area averaging after the same zero padding
 the model applies; per-term reductions are means over all elements.
+
+SAPHNet with adaptive sampling (TPAMI Sec. 3.1.1, Eq. 4-7; ``docs/saphnet-as.md`` "Training"):
+:class:`AdaptiveSamplingLoss` supervises every stage output (:func:`stage_supervision_loss`) and, in
+the joint phase, trains the policy heads by REINFORCE on :func:`adeblur.ops.sampling_reward` with a
+self-critical or leave-one-out baseline; :func:`sampling_density_counts` and :func:`density_ratios`
+measure where the processed pixels fall relative to the ground-truth blur mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from adeblur.errors import ConfigError
 from adeblur.metrics import ssim
 from adeblur.models.m2aenet import TRAJECTORIES, downsample_mask
-from adeblur.ops import forward_warp
+from adeblur.ops import forward_warp, leave_one_out_baseline, policy_gradient_loss, sampling_reward
 
 __all__ = [
     "DEFAULT_TV_WEIGHT",
+    "AdaptiveSamplingLoss",
     "M2AENetLoss",
     "ReconstructionLoss",
     "blur_mask_or_ones",
+    "density_ratios",
     "fft_loss",
     "mask_loss",
     "reblur_loss",
     "reconstruction_loss",
+    "sampling_density_counts",
+    "stage_supervision_loss",
     "total_variation",
 ]
 
@@ -294,4 +305,290 @@ class M2AENetLoss(nn.Module):
         return (
             f"fft_weight={self.fft_weight}, mask_weight={self.mask_weight}, tv_weight={self.tv_weight}, "
             f"num_instants={self.num_instants}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# SAPHNet / DMPHN with pixel-adaptive sampling (TPAMI Sec. 3.1.1, Eq. 4-7)
+
+#: Distances of the per-stage supervision (means over all elements); DMPHN and SAPHNet train with MSE.
+STAGE_DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": F.mse_loss, "l1": F.l1_loss}
+#: Baselines of the REINFORCE term of :class:`AdaptiveSamplingLoss`.
+SAMPLING_BASELINES = ("self-critical", "leave-one-out")
+
+
+def stage_supervision_loss(
+    stage_outputs: Sequence[Tensor],
+    target: Tensor,
+    *,
+    stage_weights: Sequence[float] | None = None,
+    distance: str = "mse",
+) -> tuple[Tensor, list[Tensor]]:
+    """Ground-truth supervision of every stage: ``sum_s w_s * d(output_s, target)``.
+
+    Args:
+        stage_outputs: S restored images (B, C, H, W), bottom stage first (``aux["stage_outputs"]``).
+        target: (B, C, H, W) sharp images.
+        stage_weights: S floats (default: all 1, every stage supervised alike).
+        distance: ``"mse"`` (DMPHN, SAPHNet) or ``"l1"``, the mean over all elements.
+
+    Returns:
+        ``(total, [d_1, ..., d_S])``: 0-dim tensors, the per-stage distances unweighted.
+
+    >>> target = torch.zeros(1, 1, 2, 2)
+    >>> outputs = [torch.full_like(target, 0.5), torch.full_like(target, 0.25)]
+    >>> total, terms = stage_supervision_loss(outputs, target, stage_weights=[1.0, 2.0])
+    >>> total.item(), [term.item() for term in terms]  # 0.25 + 2 * 0.0625
+    (0.375, [0.25, 0.0625])
+    """
+    if distance not in STAGE_DISTANCES:
+        raise ValueError(f"distance must be one of {tuple(STAGE_DISTANCES)}, got {distance!r}")
+    if not stage_outputs:
+        raise ValueError("stage_outputs must hold at least one stage's output")
+    weights = [1.0] * len(stage_outputs) if stage_weights is None else list(stage_weights)
+    if len(weights) != len(stage_outputs):
+        raise ValueError(f"{len(weights)} stage_weights for {len(stage_outputs)} stage_outputs")
+    terms = []
+    for output in stage_outputs:
+        _check_pair(output, target)
+        terms.append(STAGE_DISTANCES[distance](output, target))
+    total = sum((weight * term for weight, term in zip(weights, terms)), terms[0].new_zeros(()))
+    return total, terms
+
+
+def sampling_density_counts(
+    pixel_index: Tensor,
+    mask: Tensor,
+    *,
+    selection_size: tuple[int, int],
+    selection_scale: int,
+    skip: int = 0,
+) -> dict[str, Tensor]:
+    """Where a sampled stage's points fall relative to a blur mask, per image.
+
+    The mask is zero-padded as the model pads its input and area-averaged to the selection grid, so
+    each cell has the fraction ``m`` of its ``selection_scale``-squared input pixels that are blurred
+    and the fraction ``v`` that lies inside the image (below 1 only on cells over the padding). A point
+    counts ``m`` of its cell inside the mask and ``v - m`` outside; the grid's area is ``sum m`` cells
+    inside and ``sum (v - m)`` outside.
+
+    Args:
+        pixel_index: (B, K) per-image indices ``y * Ws + x`` on the selection grid (``aux["pixel_index"]``).
+        mask: (B, 1, H, W) ground-truth blur mask at input resolution (1 = blurred).
+        selection_size: (Hs, Ws) of the selection grid (``aux["selection_size"]``).
+        selection_scale: input pixels per cell side (``aux["selection_scale"]``).
+        skip: leave the first ``skip`` points out (``aux["num_anchors"]``: count the policy's choices only).
+
+    Returns:
+        (B,) float tensors ``points_inside``, ``points_outside``, ``area_inside``, ``area_outside``.
+
+    >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :] = 1  # the top half is blurred
+    >>> counts = sampling_density_counts(torch.tensor([[0, 1, 2]]), mask, selection_size=(2, 2), selection_scale=2)
+    >>> {key: value.tolist() for key, value in counts.items()}  # two points in the top row, one below
+    {'points_inside': [2.0], 'points_outside': [1.0], 'area_inside': [2.0], 'area_outside': [2.0]}
+    """
+    if pixel_index.dim() != 2 or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != pixel_index.shape[0]:
+        raise ValueError(
+            f"expected pixel_index (B, K) and mask (B, 1, H, W), got {tuple(pixel_index.shape)} and {tuple(mask.shape)}"
+        )
+    size = (int(selection_size[0]), int(selection_size[1]))
+    mask = mask.detach().float()
+    blurred = _resize_like_model(mask, size, selection_scale).flatten(1)
+    inside_image = _resize_like_model(torch.ones_like(mask), size, selection_scale).flatten(1)
+    sharp = inside_image - blurred
+    points = pixel_index[:, skip:]
+    return {
+        "points_inside": blurred.gather(1, points).sum(1),
+        "points_outside": sharp.gather(1, points).sum(1),
+        "area_inside": blurred.sum(1),
+        "area_outside": sharp.sum(1),
+    }
+
+
+def density_ratios(counts: Mapping[str, Tensor], *, tolerance: float = 1e-6) -> dict[str, Tensor]:
+    """Sampling density inside vs outside the blur mask, pooled over the partially blurred images.
+
+    * ``density_ratio`` = (share of the points inside the mask) / (share of the area the mask covers):
+      1 for uniform sampling, above 1 when blurred pixels are processed more densely than the image
+      on average (at most 1 / the mask's share).
+    * ``inside_outside_ratio`` = (points per blurred cell) / (points per sharp cell).
+
+    Sums over the images come first (pooled). Images whose mask is empty or full (no more than
+    ``tolerance`` cells outside or inside; e.g. camera shake, whose mask is all ones) say nothing about
+    where the points go and are left out; when none is left, the result is an empty dict.
+
+    Args:
+        counts: from :func:`sampling_density_counts` (or their sums over stages).
+
+    >>> counts = {"points_inside": torch.tensor([2.0, 4.0]), "points_outside": torch.tensor([1.0, 0.0]),
+    ...           "area_inside": torch.tensor([2.0, 4.0]), "area_outside": torch.tensor([2.0, 0.0])}
+    >>> {key: round(value.item(), 4) for key, value in density_ratios(counts).items()}  # image 2: full mask
+    {'density_ratio': 1.3333, 'inside_outside_ratio': 2.0}
+    """
+    partial = (counts["area_inside"] > tolerance) & (counts["area_outside"] > tolerance)
+    if not bool(partial.any()):
+        return {}
+    points_inside, points_outside, area_inside, area_outside = (
+        counts[key][partial].sum() for key in ("points_inside", "points_outside", "area_inside", "area_outside")
+    )
+    share_of_points = points_inside / (points_inside + points_outside)
+    share_of_area = area_inside / (area_inside + area_outside)
+    return {
+        "density_ratio": share_of_points / share_of_area,
+        "inside_outside_ratio": (points_inside / area_inside) / (points_outside / area_outside),
+    }
+
+
+class AdaptiveSamplingLoss(nn.Module):
+    """The two-phase training objective of SAPHNet / DMPHN with pixel-adaptive sampling (TPAMI Sec. 3.1.1).
+
+    ``forward(model, batch, *, policy, generator=None)`` runs ``model`` (a
+    :class:`~adeblur.models.SAPHNetAS` or :class:`~adeblur.models.DMPHNAS`, possibly wrapped by DDP) on
+    ``batch["blur"]`` and returns its terms; ``policy`` is the phase, :meth:`policy_at` of the step:
+
+    * ``"uniform"`` (pre-training, steps ``< pretrain_steps``): one pass on the uniform lattice;
+      ``loss`` = the per-stage supervision (:func:`stage_supervision_loss`); no policy term.
+    * ``"sample"`` (joint training): one pass with exactly-K Plackett-Luce draws from the policy heads
+      (``generator``); ``loss`` = the per-stage supervision *of that pass* +
+      ``policy_weight * policy_gradient_loss(log pi, R, b)`` (Eq. 6-7, one draw per image), with
+      ``log pi`` the sum of the sampled stages' ``log_prob`` (the pair of selections is one action),
+      ``R`` = :func:`~adeblur.ops.sampling_reward` (Eq. 5) of the stages after the first (those a
+      selection changes), and the baseline ``b``: ``"self-critical"``, the reward of a top-K pass of the
+      same images under ``torch.no_grad`` (run first; one more forward), or ``"leave-one-out"``, the
+      mean reward of the other images of the batch (free; batches of 2 or more). Eq. 5's over-budget
+      penalty is identically 0: exactly K pixels are drawn. The restoration gradient never reaches the
+      policy heads and the policy gradient never reaches the restoration network (the heads read the
+      previous stage's output detached).
+
+    Args:
+        pretrain_steps: optimiser steps of the pre-training phase (0: joint training from the start).
+        stage_weights: weights of the S stage outputs in the supervision (default all 1).
+        distance: ``"mse"`` (DMPHN, SAPHNet; default) or ``"l1"``.
+        baseline: ``"self-critical"`` (default) or ``"leave-one-out"``.
+        reward_stage_weights: weights of the S - 1 sampled stages in the reward (default all
+            ``1 / (S - 1)``).
+        reward_distance: the reward's pixel accuracy, ``"l1"`` (minus the mean absolute error; default)
+            or ``"l2"`` (minus the mean squared error).
+        policy_weight: weight of the policy-gradient term.
+
+    Returns (from ``forward``) 0-dim tensors: ``loss`` (to backpropagate), ``restoration`` (the
+    weighted supervision), ``stage1`` ... ``stageS`` (each stage's distance), ``reward`` (batch mean of
+    R for this pass), in the joint phase ``policy_loss`` and ``baseline`` (batch mean), and
+    ``density_ratio``, ``inside_outside_ratio`` (:func:`density_ratios` of the processed points of
+    both sampled stages vs ``batch["mask"]``) when the batch has a partially blurred image.
+
+    >>> from adeblur.models import build_model
+    >>> model = build_model("dmphn-as", widths=(4, 8, 16), blocks=1, policy_channels=4)
+    >>> batch = {"blur": torch.rand(2, 3, 16, 16), "sharp": torch.rand(2, 3, 16, 16)}
+    >>> loss = AdaptiveSamplingLoss(pretrain_steps=10)
+    >>> loss.policy_at(9), loss.policy_at(10)
+    ('uniform', 'sample')
+    >>> terms = loss(model, batch, policy="sample", generator=torch.Generator().manual_seed(0))
+    >>> list(terms)
+    ['loss', 'restoration', 'stage1', 'stage2', 'stage3', 'reward', 'policy_loss', 'baseline']
+    """
+
+    def __init__(
+        self,
+        pretrain_steps: int = 0,
+        stage_weights: Sequence[float] | None = None,
+        distance: str = "mse",
+        baseline: str = "self-critical",
+        reward_stage_weights: Sequence[float] | None = None,
+        reward_distance: str = "l1",
+        policy_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(pretrain_steps, bool) or not isinstance(pretrain_steps, int) or pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be an integer >= 0, got {pretrain_steps!r}")
+        if distance not in STAGE_DISTANCES:
+            raise ValueError(f"distance must be one of {tuple(STAGE_DISTANCES)}, got {distance!r}")
+        if baseline not in SAMPLING_BASELINES:
+            raise ValueError(f"baseline must be one of {SAMPLING_BASELINES}, got {baseline!r}")
+        if reward_distance not in ("l1", "l2"):
+            raise ValueError(f"reward_distance must be 'l1' or 'l2', got {reward_distance!r}")
+        if not float(policy_weight) >= 0:
+            raise ValueError(f"policy_weight must be >= 0, got {policy_weight!r}")
+        self.pretrain_steps = pretrain_steps
+        self.stage_weights = None if stage_weights is None else [float(w) for w in stage_weights]
+        self.distance = distance
+        self.baseline = baseline
+        self.reward_stage_weights = None if reward_stage_weights is None else [float(w) for w in reward_stage_weights]
+        self.reward_distance = reward_distance
+        self.policy_weight = float(policy_weight)
+
+    def policy_at(self, step: int) -> str:
+        """The phase of (0-based) step ``step``: ``"uniform"`` before ``pretrain_steps``, then ``"sample"``."""
+        return "uniform" if step < self.pretrain_steps else "sample"
+
+    def reward(self, stage_outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+        """(B,) Eq. 5 for one pass: :func:`~adeblur.ops.sampling_reward` of the stages after the first."""
+        return sampling_reward(
+            stage_outputs[1:], target, stage_weights=self.reward_stage_weights, distance=self.reward_distance
+        )
+
+    def forward(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Tensor],
+        *,
+        policy: str,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        if policy not in ("uniform", "sample"):
+            raise ValueError(f"policy must be 'uniform' (pre-training) or 'sample' (joint), got {policy!r}")
+        blur, sharp = batch["blur"], batch["sharp"]
+        baseline = None
+        if policy == "sample" and self.baseline == "self-critical":
+            with torch.no_grad():
+                _, greedy = model(blur, return_aux=True, policy="top-k")
+            baseline = self.reward(greedy["stage_outputs"], sharp)
+        _, aux = model(blur, return_aux=True, policy=policy, generator=generator)
+        stages = aux["stage_outputs"]
+        if len(stages) < 2:
+            raise ValueError("the model has no sampled stage (levels=(1,)): use another loss")
+        restoration, stage_terms = stage_supervision_loss(
+            stages, sharp, stage_weights=self.stage_weights, distance=self.distance
+        )
+        reward = self.reward(stages, sharp)
+        terms = {
+            "restoration": restoration.detach(),
+            **{f"stage{index}": term.detach() for index, term in enumerate(stage_terms, start=1)},
+            "reward": reward.mean(),
+        }
+        total = restoration
+        if policy == "sample":
+            if any(log_prob is None for log_prob in aux["log_prob"]):
+                raise ValueError("the model drew no sample (a sampling='uniform' model has no policy to train)")
+            if baseline is None:
+                if reward.shape[0] < 2:
+                    raise ConfigError(
+                        "config key 'loss.options.baseline': leave-one-out needs at least 2 images per batch "
+                        "(data.batch_size), got 1"
+                    )
+                baseline = leave_one_out_baseline(reward)
+            log_prob = torch.stack([log_prob.float() for log_prob in aux["log_prob"]]).sum(0)
+            policy_term = policy_gradient_loss(log_prob, reward.float(), baseline.float())
+            total = total + self.policy_weight * policy_term
+            terms.update(policy_loss=policy_term.detach(), baseline=baseline.mean())
+        if batch.get("mask") is not None:
+            terms.update(self.density(aux, batch["mask"]))
+        return {"loss": total, **terms}
+
+    @staticmethod
+    def density(aux: Mapping[str, Any], mask: Tensor) -> dict[str, Tensor]:
+        """:func:`density_ratios` of the points of every sampled stage of ``aux`` (counts summed over stages)."""
+        total: dict[str, Tensor] = {}
+        for pixel_index in aux["pixel_index"]:
+            counts = sampling_density_counts(
+                pixel_index, mask, selection_size=aux["selection_size"], selection_scale=aux["selection_scale"]
+            )
+            total = {key: total.get(key, 0) + value for key, value in counts.items()}
+        return density_ratios(total) if total else {}
+
+    def extra_repr(self) -> str:
+        return (
+            f"pretrain_steps={self.pretrain_steps}, stage_weights={self.stage_weights}, distance={self.distance!r}, "
+            f"baseline={self.baseline!r}, reward_stage_weights={self.reward_stage_weights}, "
+            f"reward_distance={self.reward_distance!r}, policy_weight={self.policy_weight}"
         )

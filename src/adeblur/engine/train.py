@@ -11,8 +11,9 @@ validates periodically, logs (:mod:`adeblur.engine.logging`) and checkpoints
     runs/<name>/train.csv, val.csv, events/      logs (CSV and TensorBoard event files)
 
 Every random draw is a function of ``(seed, step, rank)``: the data (sample numbers, crops, blur, pool
-draws) and the M2AENet Gumbel noise. A run resumed from the checkpoint of step ``s`` therefore continues
-exactly as the uninterrupted run would (tests/test_train.py checks the weights).
+draws), the M2AENet Gumbel noise and the pixel draws of adaptive sampling. A run resumed from the
+checkpoint of step ``s`` therefore continues exactly as the uninterrupted run would (tests/test_train.py
+and tests/test_train_adaptive_sampling.py check the weights).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) each process trains on its own share of every
 batch (``data.batch_size`` per process) with :class:`~torch.nn.parallel.DistributedDataParallel`
@@ -64,11 +65,12 @@ from adeblur.engine.optim import ExponentialMovingAverage, build_optimizer, lear
 from adeblur.engine.profile import resolve_device, synchronize
 from adeblur.errors import ConfigError, TrainingError
 from adeblur.io import write_text
-from adeblur.losses import M2AENetLoss, reconstruction_loss
+from adeblur.losses import AdaptiveSamplingLoss, M2AENetLoss, reconstruction_loss
 from adeblur.metrics import psnr, ssim, weighted_psnr, weighted_ssim
 from adeblur.models import M2AENet, build_model
+from adeblur.models.saphnet_as import SampledHierarchy
 
-__all__ = ["TrainEvent", "TrainResult", "Objective", "train", "validate"]
+__all__ = ["Objective", "TrainEvent", "TrainResult", "train", "validate", "validation_set"]
 
 # Offsets that keep the random streams of the different uses of (seed, ...) apart.
 _SYNTH_STREAM, _POOL_STREAM, _MODEL_STREAM, _VAL_STREAM = 11, 13, 17, 19
@@ -100,29 +102,94 @@ class TrainResult:
 class Objective:
     """The training loss of a config: calls the model as the loss needs and returns its terms.
 
-    ``loss="auto"`` picks ``m2aenet`` for :class:`~adeblur.models.M2AENet` models, else ``reconstruction``.
+    ``loss="auto"`` picks ``m2aenet`` for :class:`~adeblur.models.M2AENet` models, ``adaptive-sampling``
+    for SAPHNet / DMPHN with pixel-adaptive sampling, else ``reconstruction``.
+
+    ``objective(network, batch, generator, step)``: ``network`` is ``model`` or its DDP / compiled
+    wrapper, ``step`` the 0-based optimiser step. ``adaptive-sampling``
+    (:class:`~adeblur.losses.AdaptiveSamplingLoss`) has two phases: before ``pretrain_steps`` it also sets
+    ``model.policy = "uniform"``, so validation (eval mode) uses the uniform lattice the network is being
+    pre-trained on; from then on the model's own ``policy`` option again (eval mode: top-K). Models built
+    with ``sampling="uniform"`` (or with no sampled stage) only get the per-stage supervision.
     """
 
     def __init__(self, name: str, model: nn.Module, options: Mapping[str, Any]) -> None:
         if name == "auto":
-            name = "m2aenet" if isinstance(model, M2AENet) else "reconstruction"
+            if isinstance(model, M2AENet):
+                name = "m2aenet"
+            else:
+                name = "adaptive-sampling" if isinstance(model, SampledHierarchy) else "reconstruction"
         if name == "m2aenet" and not isinstance(model, M2AENet):
             raise ConfigError(f"config key 'loss.name': 'm2aenet' needs an M2AENet model, not {type(model).__name__}")
+        if name == "adaptive-sampling" and not isinstance(model, SampledHierarchy):
+            raise ConfigError(
+                "config key 'loss.name': 'adaptive-sampling' needs a model with pixel-adaptive sampling "
+                f"(saphnet-as, dmphn-as...), not {type(model).__name__}"
+            )
         self.name = name
+        self.model = model
         self.passes_generator = isinstance(model, M2AENet)
         try:
             if name == "m2aenet":
                 self.m2aenet_loss = M2AENetLoss(**options)
+            elif name == "adaptive-sampling":
+                self.sampling_loss = AdaptiveSamplingLoss(**options)
             elif name == "reconstruction":
                 self.fft_weight = float(options.get("fft_weight", 0.1))
                 if set(options) - {"fft_weight"}:
                     raise TypeError(f"unexpected options {sorted(set(options) - {'fft_weight'})}")
             elif options:
                 raise TypeError(f"the {name} loss takes no options, got {sorted(options)}")
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ConfigError(f"config key 'loss.options': {error}") from None
+        if name == "adaptive-sampling":
+            self._check_sampling_options(model)
+            self.set_phase(0)
 
-    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    def _check_sampling_options(self, model: SampledHierarchy) -> None:
+        stages = len(model.levels)
+        if stages < 2:
+            raise ConfigError(
+                f"config key 'loss.name': 'adaptive-sampling' needs a sampled stage; levels {model.levels}"
+            )
+        weights = self.sampling_loss.stage_weights
+        if weights is not None and len(weights) != stages:
+            raise ConfigError(f"config key 'loss.options.stage_weights': {len(weights)} weights for {stages} stages")
+        weights = self.sampling_loss.reward_stage_weights
+        if weights is not None and len(weights) != stages - 1:
+            raise ConfigError(
+                f"config key 'loss.options.reward_stage_weights': {len(weights)} weights for "
+                f"{stages - 1} sampled stages"
+            )
+        self.trains_policy = model.sampling == "adaptive"
+        self.joint_policy = model.policy
+        if self.trains_policy and model.policy == "uniform":
+            raise ConfigError(
+                "config key 'model.options.policy': 'uniform' would never use the trained policy; the "
+                "adaptive-sampling loss pre-trains on the uniform lattice by itself (loss.options.pretrain_steps): "
+                "use 'sample'"
+            )
+
+    def set_phase(self, step: int) -> str:
+        """``adaptive-sampling``: the phase of ``step`` (``"uniform"`` or ``"sample"``), also set as the
+        model's ``policy`` attribute (``"uniform"`` or the model's own)."""
+        phase = self.sampling_loss.policy_at(step) if self.trains_policy else "uniform"
+        if self.trains_policy:
+            self.model.policy = "uniform" if phase == "uniform" else self.joint_policy
+        return phase
+
+    def ready_for_inference(self, step: int) -> bool:
+        """Whether the weights after ``step`` optimiser steps make the finished model (best checkpoints are
+        kept only then): False while ``adaptive-sampling`` pre-trains (the policy heads are untrained)."""
+        if self.name != "adaptive-sampling" or not self.trains_policy:
+            return True
+        return step > self.sampling_loss.pretrain_steps or self.sampling_loss.pretrain_steps == 0
+
+    def __call__(
+        self, model: nn.Module, batch: Mapping[str, Tensor], generator: torch.Generator, step: int = 0
+    ) -> dict[str, Tensor]:
+        if self.name == "adaptive-sampling":
+            return self.sampling_loss(model, batch, policy=self.set_phase(step), generator=generator)
         kwargs = {"generator": generator} if self.passes_generator else {}
         if self.name == "m2aenet":
             restored, aux = model(batch["blur"], return_aux=True, **kwargs)
@@ -330,24 +397,8 @@ class _Run:
             self.fill_seconds = time.perf_counter() - started
 
     def _validation_set(self) -> None:
-        data = self.config.data
-        self.val_samples: list[dict[str, Tensor]] = []
-        self.val_indices: list[int] = []
-        self.val_share: list[int] = []
-        if data.val is None:
-            return
-        length = data.val_count if data.val.type == "synthetic" else None
-        dataset = build_source(
-            data.val, patch_size=data.val_size, crop="random", augment=False,
-            seed=self.config.seed + _VAL_STREAM, blur_on_device=False, length=length, default_split="test",
-        )  # fmt: skip
-        self.val_indices, share = validation_batches(dataset, data.val_count, rank=self.group.rank, world=self.group.world)
-        self.val_share = share
-        for position in share:
-            sample = dataset[self.val_indices[position]]
-            entry = {key: value for key, value in collate_samples([sample]).items() if key in ("blur", "sharp", "mask")}
-            entry["has_mask"] = torch.tensor("mask" in sample)  # synthetic samples always have one
-            self.val_samples.append(entry)
+        rank, world = self.group.rank, self.group.world
+        self.val_samples, self.val_share, self.val_total = validation_set(self.config, rank=rank, world=world)
         has_masks = all(bool(s["has_mask"]) for s in self.val_samples)
         if self.group.world > 1:  # the best-metric choice (and so the best-checkpoint barrier) must agree
             flag = torch.tensor([int(has_masks)])
@@ -391,7 +442,9 @@ class _Run:
             # Depthwise weights with one input channel have two equivalent layouts; DDP warns about it.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             network = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # adaptive sampling: the policy heads do not run in uniform passes (pre-training)
+                find_unused_parameters=isinstance(self.model, SampledHierarchy),
             )
         if config.compile:
             network = torch.compile(network)
@@ -410,7 +463,7 @@ class _Run:
         stopped = "done"
         started = time.perf_counter()
         totals = {"data": self.fill_seconds, "compute": 0.0, "steps": 0}
-        window = {"data": self.fill_seconds, "compute": 0.0, "steps": 0, "terms": {}}
+        window = {"data": self.fill_seconds, "compute": 0.0, "steps": 0, "terms": {}, "counts": {}}
         try:
             while self.step < config.steps:
                 stop = 2 if should_stop is not None and should_stop() else 0
@@ -435,11 +488,12 @@ class _Run:
                     bucket["data"] += t1 - t0
                     bucket["compute"] += t2 - t1
                     bucket["steps"] += 1
-                for key, value in terms.items():
+                for key, value in terms.items():  # a term may be missing at some steps (e.g. by phase)
                     window["terms"][key] = window["terms"].get(key, 0.0) + float(value)
+                    window["counts"][key] = window["counts"].get(key, 0) + 1
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     self._log_window(log, window, totals)
-                    window = {"data": 0.0, "compute": 0.0, "steps": 0, "terms": {}}
+                    window = {"data": 0.0, "compute": 0.0, "steps": 0, "terms": {}, "counts": {}}
                 if config.data.val is not None and (self.step % config.val_every == 0 or self.step == config.steps):
                     validation = self._validate_and_log(log)
                 if self.step % config.checkpoint_every == 0 and self.step < config.steps:
@@ -478,7 +532,7 @@ class _Run:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         )
         with autocast:
-            terms = self.objective(self.network, batch, generator)
+            terms = self.objective(self.network, batch, generator, self.step)
         loss = terms["loss"]
         finite = bool(torch.isfinite(loss))
         if self.group.world > 1:  # every process must stop, or the others wait in backward for ever
@@ -503,13 +557,16 @@ class _Run:
         return {**{k: v.detach() for k, v in terms.items()}, "lr": torch.tensor(lr)}
 
     def _log_window(self, log: TrainingLog | None, window: dict, totals: dict) -> None:
-        steps = max(window["steps"], 1)
-        means = {key: value / steps for key, value in window["terms"].items()}
-        if self.group.world > 1:  # average the loss terms over processes for the log
-            keys = sorted(k for k in means if k != "lr")
-            values = torch.tensor([means[k] for k in keys], dtype=torch.float64)
-            dist.all_reduce(values)
-            means.update({k: float(v) / self.group.world for k, v in zip(keys, values)})
+        means = {key: value / window["counts"][key] for key, value in window["terms"].items()}
+        if self.group.world > 1:  # average the loss terms over processes and steps for the log
+            named: list[Any] = [None] * self.group.world  # a process may lack a term another has
+            dist.all_gather_object(named, sorted(window["terms"]))
+            keys = sorted(set().union(*named) - {"lr"})
+            totals_and_counts = torch.tensor(
+                [[window["terms"].get(k, 0.0), float(window["counts"].get(k, 0))] for k in keys], dtype=torch.float64
+            )
+            dist.all_reduce(totals_and_counts)
+            means.update({k: float(total / count) for k, (total, count) in zip(keys, totals_and_counts) if count > 0})
         seconds = window["data"] + window["compute"]
         patches = window["steps"] * self.config.data.batch_size * self.group.world
         per_step = (totals["data"] + totals["compute"]) / max(totals["steps"], 1)
@@ -527,7 +584,7 @@ class _Run:
         context = self.ema.applied_to(model) if self.ema is not None else contextlib.nullcontext()
         with context:
             scores = validate(
-                model, self.val_samples, self.val_share, len(self.val_indices), self.device,
+                model, self.val_samples, self.val_share, self.val_total, self.device,
                 include_input=initial,
             )  # fmt: skip
         metric = self.config.best_metric
@@ -535,8 +592,11 @@ class _Run:
             metric = "psnr_w" if self.val_has_masks else "psnr"
         value = scores.get(metric)
         improved = (
-            not initial and value is not None and (self.best is None or value > self.best["value"])
-        )  # the untrained model at step 0 is not a checkpoint worth keeping
+            not initial
+            and self.objective.ready_for_inference(self.step)
+            and value is not None
+            and (self.best is None or value > self.best["value"])
+        )  # the untrained model at step 0 (or a half-trained one, e.g. pre-training) is not worth keeping
         if improved:
             self.best = {"metric": metric, "value": value, "step": self.step}
         if log is not None:
@@ -575,6 +635,35 @@ class _Run:
             self.saved_step = self.step
         self.group.barrier()
         return path
+
+
+def validation_set(
+    config: TrainingConfig, *, rank: int = 0, world: int = 1
+) -> tuple[list[dict[str, Tensor]], list[int], int]:
+    """The validation samples of ``config`` as :func:`train` builds them: ``(samples, share, total)``.
+
+    ``data.val`` read with crops of ``data.val_size`` (``data.val_count`` of them, evenly spread over a
+    file dataset; generated from the seed stream ``seed + 19`` for a synthetic one), each a batch of one
+    (``blur``, ``sharp``, ``mask`` (1, C, H, W), ``has_mask``); ``samples[i]`` is item ``share[i]`` of the
+    ``total`` (this process's share, :func:`~adeblur.engine.data.validation_batches`). No ``data.val``:
+    ``([], [], 0)``. The arguments of :func:`validate`.
+    """
+    data = config.data
+    if data.val is None:
+        return [], [], 0
+    length = data.val_count if data.val.type == "synthetic" else None
+    dataset = build_source(
+        data.val, patch_size=data.val_size, crop="random", augment=False,
+        seed=config.seed + _VAL_STREAM, blur_on_device=False, length=length, default_split="test",
+    )  # fmt: skip
+    indices, share = validation_batches(dataset, data.val_count, rank=rank, world=world)
+    samples = []
+    for position in share:
+        sample = dataset[indices[position]]
+        entry = {key: value for key, value in collate_samples([sample]).items() if key in ("blur", "sharp", "mask")}
+        entry["has_mask"] = torch.tensor("mask" in sample)  # synthetic samples always have one
+        samples.append(entry)
+    return samples, list(share), len(indices)
 
 
 @torch.no_grad()
