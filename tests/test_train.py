@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from adeblur.cli import main
+from adeblur.data.synthetic import synthesize_batch
 from adeblur.engine.checkpoint import load_checkpoint, load_weights
 from adeblur.engine.config import (
     SourceConfig,
@@ -100,6 +101,23 @@ def test_shipped_configs_validate(path):
     config = load_config(path)
     assert config.name == path.stem
     assert config.model.name == path.stem  # one config per registered trainable model
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "quick").glob("*.yaml")), ids=lambda p: p.name)
+def test_quick_demo_configs_validate_and_need_no_files(path):
+    from adeblur.models import list_models
+
+    config = load_config(path)
+    assert config.name == path.stem
+    assert config.model.name in {spec.name for spec in list_models() if spec.trainable}
+    assert all(source.type == "synthetic" and not source.images for source in [*config.data.train, config.data.val])
+
+
+def test_lite_recipes_share_one_budget():
+    recipes = [config_to_dict(load_config(ROOT / "configs" / f"{name}.yaml")) for name in ("m2aenet-lite", "nafnet-lite")]
+    for recipe in recipes:  # only the model, its loss and the run name may differ
+        del recipe["name"], recipe["model"], recipe["loss"]
+    assert recipes[0] == recipes[1]
 
 
 def test_every_trainable_model_has_a_config():
@@ -225,6 +243,18 @@ def test_device_blur_fills_only_pending_rows():
     assert torch.equal(out["blur"][0], torch.zeros(3, 16, 16))
     assert not torch.equal(out["blur"][1], out["sharp"][1])
     assert torch.equal(out["mask"][1], torch.ones(1, 16, 16))  # camera shake blurs everything
+
+
+def test_device_local_blur_keeps_its_objects_in_the_sharp_target():
+    # Local blur composites moving objects into the scene: the target must be that scene at mid-exposure,
+    # the very pair synthesize_batch makes, not the background the objects were pasted on.
+    backgrounds = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pending = [{"sharp": image, "kind": "local"} for image in backgrounds]
+    out = finish_batch(collate_samples(pending), "cpu", torch.Generator().manual_seed(0))
+    made = synthesize_batch(backgrounds, "local", torch.Generator().manual_seed(0))
+    for key in ("blur", "sharp", "mask"):
+        assert torch.equal(out[key], made[key]), key
+    assert not torch.equal(out["sharp"], backgrounds)
 
 
 def test_pool_ring_and_draws():

@@ -244,8 +244,8 @@ def finish_batch(
             out["sharp"][index], kind, generator,
             local_options=local_options, global_options=global_options,
         )  # fmt: skip
-        out["blur"][index] = made["blur"]
-        out["mask"][index] = made["mask"]
+        for key in ("blur", "sharp", "mask"):  # local blur composites its objects into the sharp image too
+            out[key][index] = made[key]
     return out
 
 
