@@ -100,7 +100,8 @@ def test_load_by_weights_and_deblur_by_name(tmp_path):
     image = torch.rand(3, 9, 9)
     assert torch.allclose(api.deblur(image, weights=path, device="cpu"), api.deblur(image, loaded))
     with pytest.raises(ConfigError, match="no trained weights ship"):
-        api.deblur(image)
+        api.deblur(image, "m2aenet")
+    assert api.deblur(image).shape == image.shape  # the shipped default model
 
 
 def test_evaluate_scores_a_dataset(tmp_path):

@@ -112,10 +112,17 @@ def test_tiles_and_maps(weights, tmp_path):
 
 def test_no_weights_says_what_to_pass(tmp_path, capsys):
     source = write_image(tmp_path / "x.png", smooth(3))
-    assert run(source) == EXIT_BAD_INPUT
+    assert run(source, "--model", "m2aenet") == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert "no trained weights ship for 'm2aenet-lite' yet; pass --weights PATH" in err and err.count("\n") == 1
+    assert "no trained weights ship for 'm2aenet' yet; pass --weights PATH" in err and err.count("\n") == 1
     assert not (tmp_path / "x_deblurred.png").exists()
+
+
+def test_default_model_works_out_of_the_box(tmp_path):
+    source = write_image(tmp_path / "x.png", smooth(3, 40, 48))
+    assert run(source) == EXIT_OK
+    image, info = read_image(tmp_path / "x_deblurred.png")
+    assert (info.height, info.width) == (40, 48)
 
 
 def test_a_map_the_model_does_not_make_is_an_error_before_any_output(tmp_path, capsys):
@@ -131,3 +138,4 @@ def test_models_lists_shipped_weights(capsys):
     assert main(["models"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "none (pass --weights)" in out and "not needed" in out
+    assert "m2aenet-lite.safetensors" in out and "nafnet-lite.safetensors" in out

@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adeblur.engine.checkpoint import save_checkpoint, save_weights
+from safetensors import safe_open
+
+from adeblur.engine.checkpoint import load_weights, save_checkpoint, save_weights
 from adeblur.engine.infer import (
+    DEFAULT_MODEL,
     DEFAULT_POOL_WINDOW,
     _axis_windows,
     estimate_bytes_per_pixel,
@@ -276,14 +279,35 @@ def test_kernel_models_get_the_kernel_and_are_not_tiled():
 
 
 def test_no_shipped_weights_is_a_clear_error():
-    assert shipped_weights("m2aenet-lite") is None
+    assert shipped_weights("m2aenet") is None
     with pytest.raises(ConfigError) as error:
-        load_model(device="cpu")
+        load_model("m2aenet", device="cpu")
     assert str(error.value) == (
-        "no trained weights ship for 'm2aenet-lite' yet; pass --weights PATH (a checkpoint or weights file from "
+        "no trained weights ship for 'm2aenet' yet; pass --weights PATH (a checkpoint or weights file from "
         "`adeblur train`)"
     )
     assert not load_model("identity", device="cpu").training
+
+
+@pytest.mark.parametrize("name", ["m2aenet-lite", "nafnet-lite"])
+def test_shipped_lite_weights_load_and_restore_on_cpu(name):
+    path = shipped_weights(name)
+    assert path is not None and path.parent.name == "weights"
+    state_dict, metadata = load_weights(path)
+    with safe_open(path, "pt") as file:  # stored as float16, loaded as float32
+        assert {file.get_slice(key).get_dtype() for key in file.keys() if "weight" in key} == {"F16"}
+    assert metadata["model"] == name and metadata["training"]["step"] > 0
+    model = load_model(name, device="cpu")
+    image = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        restored = model(image)
+    assert restored.shape == image.shape and torch.isfinite(restored).all()
+
+
+def test_shipped_weights_fit_the_size_limit_and_the_default_model_has_them():
+    folder = shipped_weights(DEFAULT_MODEL).parent
+    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) <= 20_000_000
+    assert load_model(device="cpu").__class__.__name__ == "M2AENet"
 
 
 def test_load_model_reads_a_training_checkpoint(tmp_path):

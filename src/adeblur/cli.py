@@ -115,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="score a model on a dataset (PSNR, SSIM, weighted variants)")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--layout", choices=("paired", "gopro", "hide", "realblur", "reloblur"), default="paired")
-    p.add_argument("--model", metavar="NAME")
-    p.add_argument("--weights", metavar="PATH")
+    p.add_argument("--model", metavar="NAME",
+                   help="registered model name (default: the one the weights name, else m2aenet-lite)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="weights file or training checkpoint (default: the model's shipped weights)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for standard output)")
     p.add_argument("--csv", metavar="FILE", help="write per-image rows as CSV ('-' for standard output)")
     p.add_argument("--save", metavar="DIR", help="also write the restored images here")

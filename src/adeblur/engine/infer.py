@@ -148,10 +148,10 @@ def load_model(
     >>> model = load_model("identity", device="cpu")
     >>> model.training
     False
-    >>> load_model("nafnet-lite", device="cpu")  # doctest: +ELLIPSIS
+    >>> load_model("m2aenet", device="cpu")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    adeblur.errors.ConfigError: no trained weights ship for 'nafnet-lite' yet; pass --weights PATH ...
+    adeblur.errors.ConfigError: no trained weights ship for 'm2aenet' yet; pass --weights PATH ...
     """
     target = resolve_device(device)
     state_dict: dict[str, Tensor] | None = None

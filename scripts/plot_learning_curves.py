@@ -1,0 +1,51 @@
+"""Plot validation learning curves of one or more training runs side by side (PNG, matplotlib).
+
+    python scripts/plot_learning_curves.py runs/ship/m2aenet-lite runs/ship/nafnet-lite \
+        --out docs/model-card-curves.png
+
+Left: validation PSNR and the blurred input's PSNR (dashed); right: the blur-mask-weighted PSNR_w the
+same way. Each run's ``val.csv`` is read; the input scores come from its step-0 row.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from adeblur.engine.logging import read_csv  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a val.csv)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="validation (held-out Set14, local + global synthetic blur)")
+    args = parser.parse_args()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for index, run in enumerate(args.runs):
+        rows = read_csv(run / "val.csv")
+        colour = f"C{index}"
+        steps = [row["step"] for row in rows]
+        for axis, key in zip(axes, ("psnr", "psnr_w")):
+            axis.plot(steps, [row[key] for row in rows], "o-", color=colour, markersize=3, label=run.name)
+            baseline = rows[0].get(f"input_{key}")
+            if baseline is not None:
+                axis.axhline(baseline, color=colour, linestyle="--", linewidth=1, label=f"{run.name}: blurred input")
+    for axis, label in zip(axes, ("PSNR (dB)", "PSNR_w, blurred pixels (dB)")):
+        axis.set_xlabel("training step (4 patches of 128x128 each)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(args.title)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
