@@ -33,6 +33,7 @@ import time
 import torch
 
 from adeblur.engine.profile import measure_peak_memory, resolve_device, synchronize
+from adeblur.io import write_text
 from adeblur.ops import EfficientAttention
 
 
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json and args.json != "-":
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+        write_text(args.json, text + "\n", what="benchmark JSON")
     return 0
 
 

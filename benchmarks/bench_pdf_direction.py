@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from adeblur.data.synth import blur_with_kernels, linear_kernels
 from adeblur.engine.infer import load_model
 from adeblur.errors import AdeblurError, ConfigError, ImageError
-from adeblur.io import list_images, read_image
+from adeblur.io import list_images, read_image, write_text
 from adeblur.ops import PixelDependentFilter, direction_to_degrees, dominant_offset_direction
 
 PSF_ANGLES = (0.0, 45.0, 90.0, 135.0)
@@ -305,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json and args.json != "-":
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+        write_text(args.json, text + "\n", what="benchmark JSON")
     return 0
 
 

@@ -32,6 +32,7 @@ import time
 import torch
 
 from adeblur.engine.profile import count_macs, randomise_zero_parameters_, resolve_device, synchronize
+from adeblur.io import write_text
 from adeblur.models import build_model
 
 DEFAULT_MODELS = "nafnet,dmphn,saphnet,saphnet-a"
@@ -121,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json and args.json != "-":
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+        write_text(args.json, text + "\n", what="benchmark JSON")
     return 0
 
 

@@ -50,7 +50,7 @@ def main() -> int:
     config = metadata["config"]
     name = config["model"]["name"]
     step = int(metadata.get("step", checkpoint_step(path) if path.name.startswith("step_") else -1))
-    validation = [row for row in read_csv(args.run / "val.csv") if int(float(row["step"])) == step]
+    validation = [row for row in read_csv(args.run / "val.csv") if row["step"] == step]
     summary = {
         "model": name,
         "options": config["model"].get("options") or {},
