@@ -13,11 +13,17 @@ All models are built once and timed in the same run, round by round (``--warmup`
 then ``--repeats`` timed rounds, every model once per round), so that load from other processes spreads
 over all of them. Models pad inside (any size works); the MACs are those of the padded forward pass.
 
+A model entry is a registered name or ``name:key=value[:key=value...]`` with constructor options
+(values read as YAML), e.g. ``saphnet-as:sampling=uniform`` (TPAMI Table V's uniform-sampling switch,
+same K) beside ``saphnet-as``; the entry as written is its key in the JSON.
+
 The papers' times (CVPR 2020 Table 1, Titan Xp, 720x1280): SAPHNet (a) 0.34 s, (b) 0.77 s,
 Stack(4)-DMPHN 0.98 s (our ``dmphn`` is the unstacked 1-2-4 model).
 
     PYTHONPATH=src python benchmarks/bench_saphnet.py [--device cuda] [--size 720x1280] [--repeats 5]
         [--models nafnet,dmphn,saphnet,saphnet-a] [--json FILE]
+    PYTHONPATH=src python benchmarks/bench_saphnet.py --reference saphnet-as:sampling=uniform \
+        --models saphnet-as,dmphn,dmphn-as            # issue 8: sampling's cost at equal K
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import time
 
 import torch
 
+from adeblur.engine.config import parse_yaml_value
 from adeblur.engine.profile import count_macs, randomise_zero_parameters_, resolve_device, synchronize
 from adeblur.io import write_text
 from adeblur.models import build_model
@@ -49,6 +56,24 @@ def parse_size(text: str) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return height, width
+
+
+def parse_model_spec(text: str) -> tuple[str, dict]:
+    """``"saphnet-as:sampling=uniform:budget=0.5"`` -> ("saphnet-as", {"sampling": "uniform", "budget": 0.5}).
+
+    >>> parse_model_spec("dmphn")
+    ('dmphn', {})
+    >>> parse_model_spec("saphnet-as:sampling=uniform:budget=2")
+    ('saphnet-as', {'sampling': 'uniform', 'budget': 2})
+    """
+    name, *pairs = text.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model option must be key=value, got {pair!r} in {text!r}")
+        options[key.strip()] = parse_yaml_value(value.strip())
+    return name.strip(), options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
 
-    models = {name: randomise_zero_parameters_(build_model(name), seed=0).eval().to(device) for name in names}
+    try:
+        specs = {name: parse_model_spec(name) for name in names}
+        models = {
+            name: randomise_zero_parameters_(build_model(model_name, **options), seed=0).eval().to(device)
+            for name, (model_name, options) in specs.items()
+        }
+    except ValueError as error:  # ConfigError too (unknown name or option)
+        parser.error(str(error))
     image = torch.rand(1, 3, *args.size, generator=torch.Generator().manual_seed(0)).to(device)
     results: dict[str, dict] = {}
     for name, model in models.items():

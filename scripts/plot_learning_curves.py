@@ -25,8 +25,10 @@ def main() -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a val.csv)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="validation (held-out Set14, local + global synthetic blur)")
+    parser.add_argument("--xlabel", default="training step (4 patches of 128x128 each)")
     args = parser.parse_args()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    drawn_baselines: set[tuple[str, float]] = set()  # runs validated on the same split share one input line
     for index, run in enumerate(args.runs):
         rows = read_csv(run / "val.csv")
         colour = f"C{index}"
@@ -34,10 +36,11 @@ def main() -> int:
         for axis, key in zip(axes, ("psnr", "psnr_w")):
             axis.plot(steps, [row[key] for row in rows], "o-", color=colour, markersize=3, label=run.name)
             baseline = rows[0].get(f"input_{key}")
-            if baseline is not None:
+            if baseline is not None and (key, baseline) not in drawn_baselines:
+                drawn_baselines.add((key, baseline))
                 axis.axhline(baseline, color=colour, linestyle="--", linewidth=1, label=f"{run.name}: blurred input")
     for axis, label in zip(axes, ("PSNR (dB)", "PSNR_w, blurred pixels (dB)")):
-        axis.set_xlabel("training step (4 patches of 128x128 each)")
+        axis.set_xlabel(args.xlabel)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

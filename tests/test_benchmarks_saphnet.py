@@ -178,3 +178,26 @@ def test_bench_saphnet_tiny(tmp_path, capsys):
 def test_bench_saphnet_rejects_a_bad_size():
     with pytest.raises(SystemExit):
         bench_saphnet.main(["--size", "64"])
+
+
+def test_bench_saphnet_model_options(tmp_path, capsys):
+    """``name:key=value`` entries build the model with those options; the entry is the JSON key."""
+    assert bench_saphnet.parse_model_spec("saphnet-as-lite:sampling=uniform:budget=0.5") == (
+        "saphnet-as-lite", {"sampling": "uniform", "budget": 0.5})  # fmt: skip
+    argv = ["--size", "32x32", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+            "--models", "dmphn-as-lite", "--reference", "dmphn-as-lite:sampling=uniform"]  # fmt: skip
+    assert bench_saphnet.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["models"]) == ["dmphn-as-lite:sampling=uniform", "dmphn-as-lite"]
+    uniform = randomise_zero_parameters_(build_model("dmphn-as-lite", sampling="uniform"), seed=0).eval()
+    assert report["models"]["dmphn-as-lite:sampling=uniform"]["macs"] == count_macs(uniform, torch.rand(1, 3, 32, 32)).total
+    # the policy heads: adaptive costs a little more than its uniform switch at the same K
+    assert report["models"]["dmphn-as-lite"]["macs"] > report["models"]["dmphn-as-lite:sampling=uniform"]["macs"]
+
+
+@pytest.mark.parametrize("entry", ["nosuchmodel", "dmphn-lite:depth=3", "dmphn-lite:levels"])
+def test_bench_saphnet_rejects_a_bad_model_entry(entry, capsys):
+    with pytest.raises(SystemExit):
+        bench_saphnet.main(["--size", "32x32", "--models", entry, "--reference", "dmphn-lite"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("usage:") is False and ("model" in error or "option" in error)

@@ -120,6 +120,27 @@ def test_lite_recipes_share_one_budget():
     assert recipes[0] == recipes[1]
 
 
+COMPARISON = ("dmphn", "saphnet", "dmphn-as", "saphnet-as")
+
+
+@pytest.mark.parametrize("name", COMPARISON)
+def test_comparison_configs_validate(name):
+    config = load_config(ROOT / "configs" / "compare" / f"{name}-local.yaml")
+    assert (config.name, config.model.name) == (f"{name}-local", f"{name}-lite")
+    assert all(source.kind == "local" for source in [*config.data.train, config.data.val])  # issue 8: local blur
+
+
+def test_comparison_configs_share_one_budget():
+    """Equal budgets (issues 7-8): only the model, its options, its loss and the run name differ."""
+    recipes = [config_to_dict(load_config(ROOT / "configs" / "compare" / f"{name}-local.yaml")) for name in COMPARISON]
+    for recipe in recipes:
+        del recipe["name"], recipe["model"], recipe["loss"]
+    assert all(recipe == recipes[0] for recipe in recipes)
+    sampled = [load_config(ROOT / "configs" / "compare" / f"{name}-local.yaml") for name in COMPARISON[2:]]
+    assert all(c.loss.name == "adaptive-sampling" and c.model.options == {"policy": "sample"} for c in sampled)
+    assert len({c.loss.options["pretrain_steps"] for c in sampled}) == 1  # pre-training inside the same steps
+
+
 def test_every_trainable_model_has_a_config():
     from adeblur.models import list_models
 
