@@ -18,6 +18,18 @@ empty nor full: camera-shake samples, whose mask is all ones, say nothing about 
 * ``density_inside``, ``density_outside``: processed pixels per selection-grid cell inside / outside
   (0.25 everywhere for the uniform lattice at budget 1);
 * the same under ``policy_only``, counting the policy's choices only (without the fixed anchors).
+
+``--selections`` adds ``psnr_by_selection``: the validation PSNR and mask-weighted PSNR_w of the final
+output (clamped, as ``adeblur train`` scores) when the sampled stages take, at the same K,
+
+* ``policy``: the model's own top-K (eval mode);
+* ``uniform``: the regular lattice;
+* ``random``: an exactly-K draw with equal probabilities (``--seed``);
+* ``oracle``: the top-K of the ground-truth blur mask (ties broken at random): the most blurred cells;
+* ``anti_oracle``: the top-K of 1 - mask: the sharpest cells.
+
+``oracle - anti_oracle`` bounds what any policy can gain on this checkpoint: near 0 dB, where the
+sampled stages process pixels does not change the output, and REINFORCE has no reward to learn from.
 """
 
 from __future__ import annotations
@@ -32,8 +44,10 @@ from adeblur.engine.config import load_config
 from adeblur.engine.infer import load_model
 from adeblur.engine.train import validation_set
 from adeblur.losses import density_ratios, sampling_density_counts
+from adeblur.metrics import psnr, weighted_psnr
 
 KEYS = ("points_inside", "points_outside", "area_inside", "area_outside")
+SELECTIONS = ("policy", "uniform", "random", "oracle", "anti_oracle")
 
 
 def summary(counts: dict[str, torch.Tensor]) -> dict[str, float | int | None]:
@@ -54,6 +68,37 @@ def summary(counts: dict[str, torch.Tensor]) -> dict[str, float | int | None]:
     }
 
 
+def psnr_by_selection(model, samples, device, *, seed: int = 0) -> dict[str, dict[str, float | None]]:
+    """Mean PSNR / PSNR_w of the final output per choice of pixels (see the module docstring), same K."""
+    generator = torch.Generator(device).manual_seed(seed)
+    scores: dict[str, dict[str, list[float]]] = {name: {"psnr": [], "psnr_w": []} for name in SELECTIONS}
+    with torch.no_grad():
+        for sample in samples:
+            blur, sharp, mask = (sample[key].to(device) for key in ("blur", "sharp", "mask"))
+            jitter = 1e-3 * torch.rand(mask.shape, generator=generator, device=device)  # random order among ties
+            runs = {
+                "policy": {},
+                "uniform": {"policy": "uniform"},
+                "random": {"policy": "sample", "generator": generator, "selection_scores": torch.zeros_like(mask)},
+                "oracle": {"policy": "top-k", "selection_scores": mask + jitter},
+                "anti_oracle": {"policy": "top-k", "selection_scores": 1 - mask + jitter},
+            }  # fmt: skip
+            for name, options in runs.items():
+                restored = model(blur, **options).float().clamp(0, 1)
+                scores[name]["psnr"].append(float(psnr(restored, sharp)))
+                if bool(sample["has_mask"]) and float(mask.sum()) > 0:
+                    scores[name]["psnr_w"].append(float(weighted_psnr(restored, sharp, mask)))
+    result = {
+        name: {key: sum(values) / len(values) if values else None for key, values in entry.items()}
+        for name, entry in scores.items()
+    }
+    result["oracle_minus_anti_oracle"] = {
+        key: None if result["oracle"][key] is None else result["oracle"][key] - result["anti_oracle"][key]
+        for key in ("psnr", "psnr_w")
+    }
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a training config; its validation split is measured")
@@ -65,6 +110,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of --policy sample")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--selections", action="store_true",
+                        help="also score the output under policy / uniform / random / oracle / anti-oracle choices")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +143,8 @@ def main() -> int:
         both = {key: sum(stacked[name][key] for name in names) for key in KEYS}
         block = {"all_stages": summary(both), **{name.split("/")[0]: summary(stacked[name]) for name in names}}
         report["policy_only" if scope else "processed"] = block
+    if args.selections:
+        report["psnr_by_selection"] = psnr_by_selection(model, samples, device, seed=args.seed)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -101,6 +101,24 @@ def test_sampled_pixels_concentrate_where_the_policy_wants_them():
         assert mask[..., : width // 4].mean() > 3 * mask[..., width // 4 :].mean()
 
 
+@pytest.mark.parametrize("builder,options", [(SAPHNetAS, TINY), (DMPHNAS, TINY_DMPHN)])
+def test_given_selection_scores_replace_the_policy(builder, options):
+    """An oracle study: scores (B, 1, H, W) at the image size choose the pixels instead of the heads."""
+    model = _seeded(builder, **options).eval()
+    image = torch.rand(2, 3, 30, 62)  # padded to 32 x 64: the padding scores 0
+    scores = torch.zeros(2, 1, 30, 62)
+    scores[..., :16] = 1.0  # the left quarter of the padded width (16 of 64 columns)
+    restored, aux = model(image, return_aux=True, selection_scores=scores)
+    anchors, width = aux["num_anchors"], aux["selection_size"][1]
+    for index in aux["pixel_index"]:
+        assert ((index[:, anchors:] % width) < width // 4).all()
+    assert torch.equal(restored, model(image, selection_scores=scores))  # deterministic top-K
+    uniform = model(image, policy="uniform", selection_scores=scores)  # the lattice ignores scores
+    assert torch.equal(uniform, model(image, policy="uniform"))
+    with pytest.raises(ValueError, match="selection_scores must be"):
+        model(image, selection_scores=torch.zeros(2, 1, 32, 64))
+
+
 def test_sampling_log_probs_match_sample_exact_k():
     model = _seeded(SAPHNetAS, **TINY).train()
     for sampler in model.samplers:

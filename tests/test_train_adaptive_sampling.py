@@ -314,7 +314,8 @@ def test_cli_train_of_the_lite_config_logs_the_sampling_terms(tmp_path, capsys):
     # and the density script reads the run
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "sampling_density.py"), str(tmp_path / "run" / "config.yaml"),
-         "--weights", str(tmp_path / "run" / "checkpoints" / "step_00000003.safetensors"), "--threads", "1"],
+         "--weights", str(tmp_path / "run" / "checkpoints" / "step_00000003.safetensors"), "--threads", "1",
+         "--selections"],
         capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
         timeout=120,
     )  # fmt: skip
@@ -322,4 +323,9 @@ def test_cli_train_of_the_lite_config_logs_the_sampling_terms(tmp_path, capsys):
     report = json.loads(done.stdout)
     assert report["count"] == 2 and report["processed"]["all_stages"]["samples"] == 2
     assert report["processed"]["all_stages"]["density_ratio"] > 0
+    by_selection = report["psnr_by_selection"]
+    assert set(by_selection) == {"policy", "uniform", "random", "oracle", "anti_oracle", "oracle_minus_anti_oracle"}
+    assert all(10 < by_selection[name]["psnr"] < 60 for name in ("policy", "uniform", "random", "oracle", "anti_oracle"))
+    minus = by_selection["oracle_minus_anti_oracle"]["psnr"]
+    assert minus == pytest.approx(by_selection["oracle"]["psnr"] - by_selection["anti_oracle"]["psnr"])
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["options"]["pretrain_steps"] == 1

@@ -221,7 +221,9 @@ class PixelSampler(nn.Module):
     ``forward(previous_output (B, C, H, W), coarse_size, *, policy, generator=None)`` ->
     :class:`PixelSelection`. ``policy="uniform"``: the lattice (the head does not run);
     ``"top-k"``: anchors + the K - K_anchor most probable other pixels; ``"sample"``: anchors + an
-    exactly-K Plackett-Luce draw (:func:`~adeblur.ops.sample_exact_k`) with ``generator``.
+    exactly-K Plackett-Luce draw (:func:`~adeblur.ops.sample_exact_k`) with ``generator``. ``scores``
+    (B, 1, H, W), optional: used in place of the head's logits (area-averaged to the selection grid),
+    e.g. a ground-truth blur mask for an oracle study.
 
     >>> sampler = PixelSampler(3, selection_scale=2)
     >>> selection = sampler(torch.rand(1, 3, 16, 16), (4, 4), policy="top-k")
@@ -254,6 +256,7 @@ class PixelSampler(nn.Module):
         *,
         policy: str,
         generator: torch.Generator | int | None = None,
+        scores: Tensor | None = None,
     ) -> PixelSelection:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -266,8 +269,11 @@ class PixelSampler(nn.Module):
         geometry = {"num_anchors": num_anchors, "anchor_shape": anchor_shape, "selection_size": selection_size}
         if policy == "uniform":
             return PixelSelection(lattice.expand(batch, -1), coarse_size=coarse_size, **geometry)
-        shrunk = F.avg_pool2d(previous_output, self.selection_scale) if self.selection_scale > 1 else previous_output
-        logits = self.head(shrunk)  # Eq. 4: P = sigmoid(logits)
+        if scores is not None:  # given scores (an oracle study), not the policy's
+            logits = F.avg_pool2d(scores, self.selection_scale) if self.selection_scale > 1 else scores.clone()
+        else:
+            shrunk = F.avg_pool2d(previous_output, self.selection_scale) if self.selection_scale > 1 else previous_output
+            logits = self.head(shrunk)  # Eq. 4: P = sigmoid(logits)
         anchors = lattice[:num_anchors].expand(batch, -1)
         taken = torch.zeros(batch, selection_size[0] * selection_size[1], dtype=torch.bool, device=logits.device)
         taken.scatter_(1, anchors, True)  # the anchors are taken already: probability 0 for the policy
@@ -698,18 +704,33 @@ class SampledHierarchy(nn.Module):
         return_aux: bool = False,
         policy: str | None = None,
         generator: torch.Generator | int | None = None,
+        selection_scores: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
-        """(B, 3, H, W) -> (B, 3, H, W), any H and W (padded inside); with ``return_aux``, ``(restored, aux)``."""
+        """(B, 3, H, W) -> (B, 3, H, W), any H and W (padded inside); with ``return_aux``, ``(restored, aux)``.
+
+        ``selection_scores`` (B, 1, H, W), optional: replaces both policy heads' logits (higher is chosen
+        first; area-averaged to the selection grid; padding scores 0), to measure what a given choice of
+        pixels is worth, e.g. the ground-truth blur mask with ``policy="top-k"`` (an oracle policy).
+        """
         check_image_batch(image, self.image_channels)
         height, width = image.shape[-2:]
         policy = self._resolve_policy(policy)
+        if selection_scores is not None:
+            if selection_scores.shape != (image.shape[0], 1, height, width):
+                raise ValueError(
+                    f"selection_scores must be (B, 1, H, W) = {(image.shape[0], 1, height, width)}, "
+                    f"got {tuple(selection_scores.shape)}"
+                )
+            selection_scores = pad_to_multiple(selection_scores.to(image.dtype), self.size_multiple)
         padded = pad_to_multiple(image, self.size_multiple)
         coarse_size = (padded.shape[-2] // self.depth, padded.shape[-1] // self.depth)
         lower_output, lower = self.bottom(padded)
         stage_outputs = [padded + lower_output]
         selections: list[PixelSelection] = []
         for index in reversed(range(len(self.sampled))):  # bottom-up: stage 2, then stage 3
-            selection = self.samplers[index](stage_outputs[-1].detach(), coarse_size, policy=policy, generator=generator)
+            selection = self.samplers[index](
+                stage_outputs[-1].detach(), coarse_size, policy=policy, generator=generator, scores=selection_scores
+            )
             grid = patch_grid(self.levels[index])
             lower_output, lower = self.sampled[index](padded + lower_output, grid, selection, lower)
             stage_outputs.append(padded + lower_output)
