@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,7 +86,7 @@ def test_eval_is_deterministic_and_takes_the_top_k(builder, options):
     lattice, _ = sampling_lattice(aux["selection_size"], (6, 10))
     for index, logits in zip(aux["pixel_index"], aux["policy_logits"]):
         assert torch.equal(index[:, :anchors], lattice[:anchors].expand(1, -1))
-        assert torch.equal(index[:, anchors:], select_top_k(logits, aux["count"] - anchors))
+        assert torch.equal(index[:, anchors:], select_top_k(logits, aux["count"] - anchors).sort(1).values)
         assert (logits.flatten(1)[0, lattice[:anchors]] < -1e30).all()  # anchors are never chosen twice
 
 
@@ -119,6 +121,30 @@ def test_given_selection_scores_replace_the_policy(builder, options):
         model(image, selection_scores=torch.zeros(2, 1, 32, 64))
 
 
+@pytest.mark.parametrize("builder,options", BUILDERS)
+def test_the_order_of_the_chosen_points_does_not_change_the_output(builder, options, monkeypatch):
+    """The sampled stages are set operations: any order of the policy's points gives the same image
+    (the sampler hands them over in raster order only because the gathers are faster that way)."""
+    model = _seeded(builder, **options).eval()
+    image = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
+    expected, aux = model(image, return_aux=True)
+    anchors = aux["num_anchors"]
+    for index in aux["pixel_index"]:
+        assert (index[:, anchors + 1 :] > index[:, anchors:-1]).all()  # raster order after the anchors
+    forward = PixelSampler.forward
+    shuffle = torch.Generator().manual_seed(0)
+
+    def shuffled(self, *args, **kwargs):
+        selection = forward(self, *args, **kwargs)
+        chosen = selection.pixel_index[:, selection.num_anchors :]
+        order = torch.stack([torch.randperm(chosen.shape[1], generator=shuffle) for _ in range(chosen.shape[0])])
+        index = torch.cat((selection.pixel_index[:, : selection.num_anchors], chosen.gather(1, order)), 1)
+        return dataclasses.replace(selection, pixel_index=index)
+
+    monkeypatch.setattr(PixelSampler, "forward", shuffled)
+    assert torch.allclose(model(image), expected, atol=1e-5)
+
+
 def test_sampling_log_probs_match_sample_exact_k():
     model = _seeded(SAPHNetAS, **TINY).train()
     for sampler in model.samplers:
@@ -129,7 +155,7 @@ def test_sampling_log_probs_match_sample_exact_k():
     chosen = aux["count"] - aux["num_anchors"]
     for index, log_prob, logits in zip(aux["pixel_index"], aux["log_prob"], aux["policy_logits"]):
         expected_index, expected_log_prob = sample_exact_k(logits, chosen, generator=replay)
-        assert torch.equal(index[:, aux["num_anchors"] :], expected_index)
+        assert torch.equal(index[:, aux["num_anchors"] :], expected_index.sort(1).values)  # raster order
         assert torch.allclose(log_prob, expected_log_prob)
     again = model(image, policy="sample", generator=torch.Generator().manual_seed(7))
     assert torch.equal(restored, again)

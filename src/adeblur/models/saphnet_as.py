@@ -221,7 +221,8 @@ class PixelSampler(nn.Module):
     ``forward(previous_output (B, C, H, W), coarse_size, *, policy, generator=None)`` ->
     :class:`PixelSelection`. ``policy="uniform"``: the lattice (the head does not run);
     ``"top-k"``: anchors + the K - K_anchor most probable other pixels; ``"sample"``: anchors + an
-    exactly-K Plackett-Luce draw (:func:`~adeblur.ops.sample_exact_k`) with ``generator``. ``scores``
+    exactly-K Plackett-Luce draw (:func:`~adeblur.ops.sample_exact_k`) with ``generator``. The chosen
+    pixels follow the anchors in raster order (``log_prob`` is that of the ranked choice or the draw). ``scores``
     (B, 1, H, W), optional: used in place of the head's logits (area-averaged to the selection grid),
     e.g. a ground-truth blur mask for an oracle study.
 
@@ -288,6 +289,9 @@ class PixelSampler(nn.Module):
             if generator is None:
                 raise ValueError('policy "sample" needs a generator (a torch.Generator or an int seed)')
             chosen, log_prob = sample_exact_k(logits, chosen_count, generator=generator)
+        # The points form a set: raster order reads the neighbourhoods and cells of nearby points together
+        # (the gathers run 1.2-1.35x slower on CPU in the draw's scattered order); log_prob keeps the draw's.
+        chosen = chosen.sort(1).values
         return PixelSelection(
             torch.cat((anchors, chosen), 1), coarse_size=coarse_size, log_prob=log_prob, logits=logits, **geometry
         )
