@@ -28,8 +28,11 @@ output (clamped, as ``adeblur train`` scores) when the sampled stages take, at t
 * ``oracle``: the top-K of the ground-truth blur mask (ties broken at random): the most blurred cells;
 * ``anti_oracle``: the top-K of 1 - mask: the sharpest cells.
 
-``oracle - anti_oracle`` bounds what any policy can gain on this checkpoint: near 0 dB, where the
-sampled stages process pixels does not change the output, and REINFORCE has no reward to learn from.
+``oracle - anti_oracle`` measures how much the location of the processed pixels matters on this
+checkpoint: near 0 dB, where the sampled stages look hardly changes the output, and REINFORCE has little
+reward to learn from; below 0, concentrating on the blur hurts (compare ``uniform`` and ``random``: a
+network trained on spread-out layouts can lose on any concentrated one). A ``sampling="uniform"`` model
+ignores scores and policy: all its rows are the lattice.
 """
 
 from __future__ import annotations

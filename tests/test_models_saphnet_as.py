@@ -108,12 +108,17 @@ def test_given_selection_scores_replace_the_policy(builder, options):
     """An oracle study: scores (B, 1, H, W) at the image size choose the pixels instead of the heads."""
     model = _seeded(builder, **options).eval()
     image = torch.rand(2, 3, 30, 62)  # padded to 32 x 64: the padding scores 0
-    scores = torch.zeros(2, 1, 30, 62)
-    scores[..., :16] = 1.0  # the left quarter of the padded width (16 of 64 columns)
+    scores = torch.full((2, 1, 30, 62), 0.5)
+    scores[0, ..., :16] = 1.0  # image 0: its left quarter (16 of the 64 padded columns)
+    scores[1, ..., 46:] = 1.0  # image 1: the right quarter, whose last 2 columns are padding
     restored, aux = model(image, return_aux=True, selection_scores=scores)
-    anchors, width = aux["num_anchors"], aux["selection_size"][1]
+    anchors, width = aux["num_anchors"], aux["selection_size"][1]  # selection grid 16 x 32
     for index in aux["pixel_index"]:
-        assert ((index[:, anchors:] % width) < width // 4).all()
+        columns = index[:, anchors:] % width
+        assert (columns[0] < 8).all()  # each image its own scores
+        # image 1: grid columns 23-31 hold its scores; column 31 (input columns 62-63, padding) scores 0
+        # and 23 (input 46-47, all 1) is as good as 24-30, so the choice is within 23-30, never 31
+        assert ((columns[1] >= 23) & (columns[1] <= 30)).all()
     assert torch.equal(restored, model(image, selection_scores=scores))  # deterministic top-K
     uniform = model(image, policy="uniform", selection_scores=scores)  # the lattice ignores scores
     assert torch.equal(uniform, model(image, policy="uniform"))

@@ -290,7 +290,8 @@ class PixelSampler(nn.Module):
                 raise ValueError('policy "sample" needs a generator (a torch.Generator or an int seed)')
             chosen, log_prob = sample_exact_k(logits, chosen_count, generator=generator)
         # The points form a set: raster order reads the neighbourhoods and cells of nearby points together
-        # (the gathers run 1.2-1.35x slower on CPU in the draw's scattered order); log_prob keeps the draw's.
+        # (the whole saphnet-as forward ran 1.35x slower on CPU in the ranking's scattered order, see
+        # docs/saphnet-as.md "Inference time at equal K"); log_prob keeps the order of the draw.
         chosen = chosen.sort(1).values
         return PixelSelection(
             torch.cat((anchors, chosen), 1), coarse_size=coarse_size, log_prob=log_prob, logits=logits, **geometry
@@ -715,6 +716,7 @@ class SampledHierarchy(nn.Module):
         ``selection_scores`` (B, 1, H, W), optional: replaces both policy heads' logits (higher is chosen
         first; area-averaged to the selection grid; padding scores 0), to measure what a given choice of
         pixels is worth, e.g. the ground-truth blur mask with ``policy="top-k"`` (an oracle policy).
+        Ignored by the lattice (``policy="uniform"``, and always in ``sampling="uniform"`` models).
         """
         check_image_batch(image, self.image_channels)
         height, width = image.shape[-2:]
@@ -725,7 +727,7 @@ class SampledHierarchy(nn.Module):
                     f"selection_scores must be (B, 1, H, W) = {(image.shape[0], 1, height, width)}, "
                     f"got {tuple(selection_scores.shape)}"
                 )
-            selection_scores = pad_to_multiple(selection_scores.to(image.dtype), self.size_multiple)
+            selection_scores = pad_to_multiple(selection_scores.to(image.device, image.dtype), self.size_multiple)
         padded = pad_to_multiple(image, self.size_multiple)
         coarse_size = (padded.shape[-2] // self.depth, padded.shape[-1] // self.depth)
         lower_output, lower = self.bottom(padded)
