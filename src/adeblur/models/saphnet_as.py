@@ -93,6 +93,7 @@ from adeblur.ops import (
     select_top_k,
     skip_merge,
 )
+from adeblur.ops.pixel_filter import check_filter_geometry
 
 __all__ = [
     "DMPHNAS",
@@ -402,10 +403,7 @@ class SetPixelFilter(nn.Module):
         self, channels: int, fine_channels: int, kernel_size: int = 5, *, max_displacement: float = DEFAULT_MAX_DISPLACEMENT
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-        if not max_displacement > 0:
-            raise ValueError(f"max_displacement must be positive, got {max_displacement}")
+        check_filter_geometry(kernel_size, max_displacement)
         self.channels, self.fine_channels, self.kernel_size = channels, fine_channels, kernel_size
         self.max_displacement = float(max_displacement)
         template = nn.Conv2d(fine_channels, channels, kernel_size)
@@ -674,10 +672,14 @@ class SampledHierarchy(nn.Module):
     image_channels: int
     size_multiple: int
 
-    def _init_sampling(
-        self, widths: Sequence[int], *, sampling: str, budget: float, anchor_stride: int, policy: str,
-        policy_channels: int, policy_layers: int,
+    def _init_hierarchy(
+        self, levels: Sequence[int], widths: Sequence[int], image_channels: int, *, sampling: str, budget: float,
+        anchor_stride: int, policy: str, policy_channels: int, policy_layers: int,
     ) -> None:  # fmt: skip
+        """What both subclasses set first: levels, padding multiple, the sampling mode and the policy heads."""
+        self.levels = check_levels(levels)
+        self.image_channels = image_channels
+        self.size_multiple = hierarchy_size_multiple(self.levels, 2 ** (len(widths) - 1))
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         if policy not in POLICIES:
@@ -821,14 +823,11 @@ class SAPHNetAS(SampledHierarchy):
         image_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.levels = check_levels(levels)
         if not widths or len(blocks) != len(widths):
             raise ValueError(f"blocks {tuple(blocks)} must give one count per width {tuple(widths)}")
-        self.image_channels = image_channels
         self.cross_attention = cross_attention
-        self.size_multiple = hierarchy_size_multiple(self.levels, 2 ** (len(widths) - 1))
-        self._init_sampling(
-            widths, sampling=sampling, budget=budget, anchor_stride=anchor_stride, policy=policy,
+        self._init_hierarchy(
+            levels, widths, image_channels, sampling=sampling, budget=budget, anchor_stride=anchor_stride, policy=policy,
             policy_channels=policy_channels, policy_layers=policy_layers,
         )  # fmt: skip
         module_options = {
@@ -884,11 +883,8 @@ class DMPHNAS(SampledHierarchy):
         image_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.levels = check_levels(levels)
-        self.image_channels = image_channels
-        self.size_multiple = hierarchy_size_multiple(self.levels, 2 ** (len(widths) - 1))
-        self._init_sampling(
-            widths, sampling=sampling, budget=budget, anchor_stride=anchor_stride, policy=policy,
+        self._init_hierarchy(
+            levels, widths, image_channels, sampling=sampling, budget=budget, anchor_stride=anchor_stride, policy=policy,
             policy_channels=policy_channels, policy_layers=policy_layers,
         )  # fmt: skip
         self.bottom_encoder = DMPHNEncoder(widths, blocks, image_channels)

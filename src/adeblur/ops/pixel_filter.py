@@ -49,6 +49,14 @@ DIRECTION_MODES = ("mean", "axis")
 _CACHE_BYTES = 4 * 2**20
 
 
+def check_filter_geometry(kernel_size: int, max_displacement: float) -> None:
+    """Refuse a PDF's taps that have no centre (``kernel_size`` even or < 1) or a displacement bound <= 0."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    if not max_displacement > 0:
+        raise ValueError(f"max_displacement must be positive, got {max_displacement}")
+
+
 def pixel_dependent_filter(
     x: Tensor,
     kernel_weights: Tensor,
@@ -204,10 +212,7 @@ class PixelDependentFilter(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-        if not max_displacement > 0:
-            raise ValueError(f"max_displacement must be positive, got {max_displacement}")
+        check_filter_geometry(kernel_size, max_displacement)
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.max_displacement = float(max_displacement)
