@@ -34,7 +34,7 @@ int seed): random numbers are drawn on the generator's device, so one seed gives
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +44,31 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
+from adeblur.data.camera import boost_highlights, from_linear, jpeg_compress, to_linear
 from adeblur.data.transforms import as_generator
 from adeblur.errors import ConfigError, ImageError, KernelError, one_line
 from adeblur.io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
     "BORDERS",
+    "KERNEL_FAMILIES",
     "KERNEL_FILE_EXTENSIONS",
     "add_noise",
     "blur_with_kernels",
     "center_kernel",
     "composite_moving_layers",
     "dead_leaves",
+    "defocus_kernels",
     "linear_kernel",
     "linear_kernels",
     "load_kernel",
     "load_kernels",
     "quantize_8bit",
+    "random_kernels",
     "random_linear_kernels",
+    "random_walk_kernels",
     "synthesize_global_blur",
+    "synthesize_layered_blur",
     "synthesize_local_blur",
     "trajectory_kernels",
 ]
@@ -533,6 +539,256 @@ def random_linear_kernels(
     return kernels.to(device=device, dtype=dtype)
 
 
+_BF_REFERENCE_STEPS = 2000  # Boracchi & Foi's time steps; rates and strengths are rescaled to num_steps
+
+
+def random_walk_kernels(
+    batch: int,
+    *,
+    generator: torch.Generator | int,
+    size: int | None = None,
+    length_range: tuple[float, float] = (5, 45),
+    num_steps: int = 500,
+    max_anxiety: float = 0.05,
+    exposure_range: tuple[float, float] = (0.2, 0.8),
+    max_speed_variation: float = 1.5,
+    max_dwells: int = 2,
+    thickness_range: tuple[float, float] = (0.0, 0.8),
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Camera-shake PSFs ``(B, 1, K, K)`` from Boracchi & Foi's random-walk trajectory model, with
+    varying speed, dwell points and optical thickness.
+
+    The path (Boracchi & Foi 2012, "Modeling the performance of image restoration from motion blur",
+    Sec. III): a velocity of constant magnitude whose direction is kicked at every time step by
+    ``anxiety * (gaussian_term * N(0, 1) - centripetal * position)`` (the centripetal pull makes the hand
+    come back, hence loops and self-crossings) and, at rate ``big_shakes * anxiety``, reversed to
+    ``pi +- 0.5`` rad with doubled speed (impulsive jerks); per kernel ``centripetal ~ U(0, 0.7)``,
+    ``gaussian_term ~ U(0, 10)``, ``big_shakes ~ U(0, 0.2)`` as in their generator, and
+    ``anxiety ~ U(0, max_anxiety)``, where they draw ``U(0, 0.1)``: at 0.1 most full paths are tangles
+    that measured PSFs (Levin et al. 2009) do not resemble. Rates and strengths are given per 2,000 steps
+    (theirs) and rescaled to ``num_steps``.
+
+    The exposure covers a random fraction ``U(exposure_range)`` of the path. Their camera moves at
+    constant speed; real hands slow down and stop, so here the camera travels the path at a speed whose
+    logarithm is a random walk of strength ``U(0, max_speed_variation)``, nearly stopping at up to
+    ``max_dwells`` random instants (dwell points, the bright knots of measured PSFs). The path is scaled
+    so that its support falls within ``length_range`` (as :func:`trajectory_kernels`), splatted, then
+    blurred by a Gaussian of ``sigma ~ U(thickness_range)`` pixels (lens and sensor: measured PSFs are
+    a few pixels thick, not one), centred on its centre of mass and normalised to sum 1. The Gaussian's
+    tails beyond the canvas (if ``size`` is given) are cut.
+
+    Args:
+        batch: number of kernels.
+        generator: random source (:class:`torch.Generator` or int seed).
+        size: odd canvas side K; default: the smallest that holds the batch.
+        length_range: (low, high) support of the path in pixels, before the thickening.
+        num_steps: simulated time steps.
+        device, dtype: of the result (simulated on the generator's device).
+
+    >>> k = random_walk_kernels(4, generator=0, length_range=(9, 21), size=45)
+    >>> k.shape, bool(torch.allclose(k.sum((-2, -1)), torch.ones(4, 1)))
+    (torch.Size([4, 1, 45, 45]), True)
+    """
+    generator = as_generator(generator)
+    if batch < 1 or num_steps < 2:
+        raise ValueError(f"random_walk_kernels: batch must be >= 1 and num_steps >= 2, got {batch}, {num_steps}")
+    low_thickness, high_thickness = _range(thickness_range, "thickness_range")
+    low_exposure, high_exposure = _range(exposure_range, "exposure_range")
+    if low_thickness < 0 or not 0 < low_exposure <= high_exposure <= 1:
+        raise ValueError("random_walk_kernels: thickness must be >= 0 and exposure within (0, 1]")
+    gdev = generator.device
+    work = torch.float64 if gdev.type == "cpu" else torch.float32
+    extent = _random_extents(batch, length_range, generator, work)
+    per_kernel = (batch, 1)
+    anxiety = _uniform(0, max_anxiety, per_kernel, generator, gdev, work)
+    centripetal = _uniform(0, 0.7, per_kernel, generator, gdev, work)
+    gaussian_term = _uniform(0, 10, per_kernel, generator, gdev, work)
+    big_shakes = _uniform(0, 0.2, per_kernel, generator, gdev, work)
+    heading = _uniform(0, 2 * math.pi, (batch,), generator, gdev, work)
+    kicks = _randn((num_steps, batch, 2), generator, gdev, work)
+    shake_draw = _rand((num_steps, batch), generator, gdev, work)
+    shake_angle = _rand((num_steps, batch), generator, gdev, work)
+
+    # Their units: a path of at most 60 px over 2,000 steps; the shape, not the size, is kept (rescaled below).
+    ratio = _BF_REFERENCE_STEPS / num_steps
+    step = 60.0 / (num_steps - 1)
+    velocity = step * torch.stack([torch.cos(heading), torch.sin(heading)], dim=-1)  # (B, 2)
+    position = torch.zeros(batch, 2, dtype=work, device=gdev)
+    path = [position]
+    shake_probability = (big_shakes * anxiety * ratio).squeeze(1)
+    for t in range(num_steps - 1):
+        reverse = math.pi + (shake_angle[t] - 0.5)
+        cos_r, sin_r = torch.cos(reverse), torch.sin(reverse)
+        jerk = 2 * torch.stack([velocity[:, 0] * cos_r - velocity[:, 1] * sin_r,
+                                velocity[:, 0] * sin_r + velocity[:, 1] * cos_r], dim=-1)  # fmt: skip
+        jerk = jerk * (shake_draw[t] < shake_probability).unsqueeze(1)
+        kick = anxiety * (gaussian_term * math.sqrt(ratio) * kicks[t] - centripetal * ratio * position) * step
+        velocity = velocity + jerk + kick
+        velocity = velocity / velocity.norm(dim=1, keepdim=True).clamp_min(1e-12) * step
+        position = position + velocity
+        path.append(position)
+    path = torch.stack(path, dim=1)  # (B, T, 2), equal arc length between samples
+
+    # Exposure window and speed profile: arc-length position u(t) on the path at equal times t.
+    fraction = _uniform(low_exposure, high_exposure, per_kernel, generator, gdev, work)
+    start = _rand(per_kernel, generator, gdev, work) * (1 - fraction)
+    times = torch.linspace(0, 1, num_steps, dtype=work, device=gdev)
+    variation = _uniform(0, max_speed_variation, per_kernel, generator, gdev, work)
+    log_speed = variation * torch.cumsum(_randn((batch, num_steps), generator, gdev, work), dim=1) / math.sqrt(num_steps)
+    dwell_count = torch.randint(0, max_dwells + 1, (batch, 1), generator=generator, device=gdev)
+    dwell_at = _rand((batch, max(max_dwells, 1)), generator, gdev, work)
+    dwell_width = _uniform(0.02, 0.08, (batch, max(max_dwells, 1)), generator, gdev, work)
+    dwell_used = torch.arange(max(max_dwells, 1), device=gdev) < dwell_count
+    slowdown = torch.exp(-(((times[None, None] - dwell_at[..., None]) / dwell_width[..., None]) ** 2))
+    slowdown = (0.95 * slowdown * dwell_used[..., None]).amax(dim=1)  # (B, T): 0.95 = nearly stopped
+    speed = torch.exp(log_speed - log_speed.mean(dim=1, keepdim=True)) * (1 - slowdown)
+    travelled = torch.cumsum(speed, dim=1) - speed[:, :1]
+    travelled = travelled / travelled[:, -1:].clamp_min(1e-12)
+    arc = (start + fraction * travelled) * (num_steps - 1)  # fractional sample index on the path
+    lower = arc.floor().long().clamp(0, num_steps - 2)
+    weight = (arc - lower).unsqueeze(-1)
+    lower = lower.unsqueeze(-1).expand(-1, -1, 2)
+    points = torch.gather(path, 1, lower) * (1 - weight) + torch.gather(path, 1, lower + 1) * weight
+
+    span = (points.amax(dim=1) - points.amin(dim=1)).amax(dim=-1)
+    points = points * (extent / span.clamp_min(1e-12))[:, None, None]
+    points = _refine(points, _SPLAT_MAX_STEP)
+    points = points - points.mean(dim=1, keepdim=True)
+    margin = math.ceil(3 * high_thickness)
+    needed = _canvas_size(float(points.abs().amax()) + margin, None, "random_walk_kernels")
+    if size is not None:
+        _canvas_size(float(points.abs().amax()), size, "random_walk_kernels")  # the path itself must fit
+    kernels = _splat(points + needed // 2, needed).unsqueeze(1)
+    sigma = _uniform(low_thickness, high_thickness, (batch,), generator, gdev, work)
+    kernels = _gaussian_blur_each(kernels, sigma)
+    if size is not None and size != needed:
+        kernels = _recanvas(kernels, size)
+    kernels = kernels / kernels.sum((-2, -1), keepdim=True)
+    device = torch.device(device) if device is not None else gdev
+    return kernels.to(device=device, dtype=dtype)
+
+
+def _gaussian_blur_each(kernels: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each ``(B, 1, K, K)`` canvas with its own isotropic Gaussian (``sigma`` ``(B,)`` pixels; 0 =
+    unchanged), same size, zero outside: a separable grouped convolution."""
+    radius = math.ceil(3 * float(sigma.max())) if sigma.numel() else 0
+    if radius == 0:
+        return kernels
+    offsets = torch.arange(-radius, radius + 1, dtype=kernels.dtype, device=kernels.device)
+    sigma = sigma.to(kernels).clamp_min(1e-6)[:, None]
+    taps = torch.exp(-0.5 * (offsets[None] / sigma) ** 2)
+    taps = torch.where(sigma > 1e-3, taps, (offsets[None] == 0).to(taps))  # sigma ~ 0: the identity
+    taps = taps / taps.sum(1, keepdim=True)
+    batch = kernels.shape[0]
+    rows = F.conv2d(kernels.transpose(0, 1), taps.view(batch, 1, -1, 1), padding=(radius, 0), groups=batch)
+    both = F.conv2d(rows, taps.view(batch, 1, 1, -1), padding=(0, radius), groups=batch)
+    return both.transpose(0, 1)
+
+
+def _recanvas(kernels: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre ``(B, 1, K, K)`` odd canvases on odd ``size`` canvases: zero-padded or cut at the border."""
+    side = kernels.shape[-1]
+    if size > side:
+        pad = (size - side) // 2
+        return F.pad(kernels, (pad, pad, pad, pad))
+    cut = (side - size) // 2
+    return kernels[..., cut : cut + size, cut : cut + size]
+
+
+def defocus_kernels(
+    batch: int,
+    *,
+    generator: torch.Generator | int,
+    length_range: tuple[float, float] = (3, 15),
+    size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Out-of-focus PSFs ``(B, 1, K, K)``: uniform discs (the geometric-optics circle of confusion) whose
+    diameter is uniform in ``length_range`` pixels, anti-aliased by 8x8 supersampling, summing to 1.
+
+    >>> k = defocus_kernels(2, generator=0, length_range=(5, 5))
+    >>> k.shape, round(float(k[0, 0].sum()), 6), bool(k[0, 0, k.shape[-1] // 2, k.shape[-1] // 2] > 0)
+    (torch.Size([2, 1, 7, 7]), 1.0, True)
+    """
+    generator = as_generator(generator)
+    low, high = _check_length_range(length_range)
+    work = torch.float64 if generator.device.type == "cpu" else torch.float32
+    radius = _uniform(low, high, (batch,), generator, generator.device, work) / 2
+    size = _canvas_size(high / 2, size, "defocus_kernels")
+    supersample = 8
+    offsets = (torch.arange(size * supersample, dtype=work, device=generator.device) + 0.5) / supersample - size / 2
+    distance = torch.sqrt(offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2)
+    inside = (distance <= radius[:, None, None]).to(work)
+    kernels = F.avg_pool2d(inside[:, None], supersample)
+    kernels = kernels / kernels.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+    device = torch.device(device) if device is not None else generator.device
+    return kernels.to(device=device, dtype=dtype)
+
+
+KERNEL_FAMILIES = ("trajectory", "random-walk", "linear", "defocus")
+"""Generated kernel families of :func:`random_kernels` and ``synthesize_global_blur(kernel_model=...)``."""
+
+
+def random_kernels(
+    batch: int,
+    *,
+    generator: torch.Generator | int,
+    families: str | Mapping[str, float] = "trajectory",
+    length_range: tuple[float, float] = (7, 65),
+    size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A batch of kernels, each from a family drawn with the given weights, all on one canvas.
+
+    Args:
+        families: one of :data:`KERNEL_FAMILIES`, or ``{family: weight}``; each kernel picks its family
+            with probability proportional to the weight. Supports within ``length_range`` (a defocus
+            disc's diameter, capped at half the range's top: defocus of 45 px is not camera shake).
+        size: odd canvas side; default ``2 * ceil(high) - 1`` plus the random-walk thickening margin.
+
+    >>> k = random_kernels(6, generator=0, families={"random-walk": 1, "linear": 1, "defocus": 1},
+    ...                    length_range=(5, 15))
+    >>> k.shape[:2], bool(torch.allclose(k.sum((-2, -1)), torch.ones(6, 1)))
+    (torch.Size([6, 1]), True)
+    """
+    generator = as_generator(generator)
+    weights = {families: 1.0} if isinstance(families, str) else {str(k): float(v) for k, v in families.items()}
+    unknown = sorted(set(weights) - set(KERNEL_FAMILIES))
+    if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ConfigError(
+            f"kernel families must be among {', '.join(KERNEL_FAMILIES)} with non-negative weights summing "
+            f"above 0, got {families!r}"
+        )
+    low, high = _check_length_range(length_range)
+    if size is None:
+        size = 2 * math.ceil(high) - 1 + 2 * math.ceil(3 * 0.8)
+    names = list(weights)
+    probabilities = torch.tensor([weights[n] for n in names], dtype=torch.float64)
+    draw = torch.rand(batch, generator=generator, device=generator.device).cpu().double()
+    choice = torch.searchsorted(torch.cumsum(probabilities / probabilities.sum(), 0), draw, right=True)
+    choice = choice.clamp(max=len(names) - 1)
+    out = torch.zeros(batch, 1, size, size, dtype=dtype, device=device if device is not None else generator.device)
+    for number, name in enumerate(names):
+        rows = (choice == number).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        count = int(rows.numel())
+        if name == "trajectory":
+            made = trajectory_kernels(count, generator=generator, size=size, length_range=(low, high))
+        elif name == "random-walk":
+            made = random_walk_kernels(count, generator=generator, size=size, length_range=(low, high))
+        elif name == "linear":
+            made = random_linear_kernels(count, generator=generator, size=size, length_range=(low, high))
+        else:
+            made = defocus_kernels(count, generator=generator, size=size, length_range=(low, max(low, high / 2)))
+        out[rows.to(out.device)] = made.to(out)
+    return out
+
+
 def center_kernel(kernel: torch.Tensor, size: int | None = None) -> torch.Tensor:
     """Place a ``(Kh, Kw)`` kernel on an odd square canvas with its centre of mass within half a pixel
     of the centre pixel (an integer shift: values are not resampled), so blurring with it does not
@@ -889,12 +1145,53 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images.clamp(0, 1) * 255) / 255
 
 
-def _to_linear(images: torch.Tensor, gamma: float) -> torch.Tensor:
-    return images.clamp(0, 1) ** gamma if gamma != 1 else images
+def _camera_options(
+    batch: int,
+    generator: torch.Generator,
+    gamma,
+    highlight_probability: float,
+    highlight_gain,
+    jpeg_quality,
+    jpeg_probability: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Per-image draws of the camera pipeline (:mod:`adeblur.data.camera`): gamma, highlight gain (1 =
+    none) and JPEG quality (None where an image is not compressed)."""
+    out: dict[str, Any] = {"gamma": _per_image(gamma, batch, generator, "gamma"), "gain": None, "quality": None}
+    if isinstance(out["gamma"], torch.Tensor):
+        out["gamma"] = out["gamma"].to(device)
+    if highlight_probability > 0:
+        gain = _per_image(highlight_gain, batch, generator, "highlight_gain")
+        gain = torch.as_tensor(gain, dtype=torch.float64, device=generator.device).expand(batch)
+        applied = torch.rand(batch, generator=generator, device=generator.device) < highlight_probability
+        out["gain"] = torch.where(applied, gain, torch.ones_like(gain)).to(device)
+    if jpeg_quality is not None and jpeg_probability > 0:
+        quality = _per_image(jpeg_quality, batch, generator, "jpeg_quality")
+        quality = torch.as_tensor(quality, dtype=torch.float64, device=generator.device).expand(batch).round()
+        applied = torch.rand(batch, generator=generator, device=generator.device) < jpeg_probability
+        out["quality"] = (quality.to(device), applied.to(device))
+    return out
 
 
-def _from_linear(images: torch.Tensor, gamma: float) -> torch.Tensor:
-    return images.clamp(0, 1) ** (1 / gamma) if gamma != 1 else images.clamp(0, 1)
+def _linearise(images: torch.Tensor, camera: Mapping[str, Any]) -> torch.Tensor:
+    """Encoded -> linear light, with the highlights boosted where the draw says so."""
+    linear = to_linear(images, camera["gamma"])
+    if camera["gain"] is not None:
+        linear = boost_highlights(linear, images, camera["gain"].to(images.dtype))
+    return linear
+
+
+def _compress(images: torch.Tensor, camera: Mapping[str, Any]) -> torch.Tensor:
+    """JPEG on the images the draw chose (the others unchanged)."""
+    if camera["quality"] is None:
+        return images
+    quality, applied = camera["quality"]
+    if not bool(applied.any()):
+        return images
+    rows = applied.nonzero().squeeze(1)
+    out = images.clone()
+    out[rows] = jpeg_compress(images[rows], quality[rows].to(images.dtype))
+    return out
 
 
 def _finish(
@@ -904,8 +1201,11 @@ def _finish(
     noise_sigma,
     poisson_peak,
     quantize: bool,
+    camera: Mapping[str, Any] | None = None,
+    compress_sharp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise on the blurred image only (the sharp target stays clean), then 8-bit quantisation of both."""
+    """Noise on the blurred image only (the sharp target stays clean), then 8-bit quantisation of both,
+    then JPEG of the blurred image (and of the sharp one with ``compress_sharp``)."""
     batch = blur.shape[0]
     sigma = _per_image(noise_sigma, batch, generator, "noise_sigma")
     peak = None if poisson_peak is None else _per_image(poisson_peak, batch, generator, "poisson_peak")
@@ -913,6 +1213,10 @@ def _finish(
         blur = add_noise(blur, generator=generator, gaussian_sigma=sigma, poisson_peak=peak)
     if quantize:
         sharp, blur = quantize_8bit(sharp), quantize_8bit(blur)
+    if camera is not None:
+        blur = _compress(blur, camera)
+        if compress_sharp:
+            sharp = _compress(sharp, camera)
     return sharp, blur
 
 
@@ -924,32 +1228,43 @@ def synthesize_global_blur(
     sharp: torch.Tensor,
     *,
     generator: torch.Generator | int,
-    kernels: torch.Tensor | Sequence[torch.Tensor] | None = None,
-    kernel_model: str = "trajectory",
+    kernels: torch.Tensor | Sequence[torch.Tensor] | str | Path | Sequence[str | Path] | None = None,
+    kernel_model: str | Mapping[str, float] = "trajectory",
     length_range: tuple[float, float] = (7, 65),
     kernel_size: int | None = None,
     border: str = "reflect",
-    gamma: float = 2.2,
+    gamma: float | tuple[float, float] = 2.2,
     noise_sigma: float | tuple[float, float] = 0.0,
     poisson_peak: float | tuple[float, float] | None = None,
     quantize: bool = True,
+    highlight_probability: float = 0.0,
+    highlight_gain: float | tuple[float, float] = (2.0, 8.0),
+    jpeg_quality: float | tuple[float, float] | None = None,
+    jpeg_probability: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Camera-shake blur of a sharp batch: one kernel per image, ``blur = sharp * kernel`` (+ noise).
 
     The convolution runs on linear intensities: ``blur = (sharp^gamma * k)^(1/gamma)`` (gamma 2.2
     approximates a camera response, as GoPro's frame averaging did; ``gamma=1`` blurs the stored
-    values). Noise (``noise_sigma``, ``poisson_peak``: a number or a (low, high) range drawn per image;
-    see :func:`add_noise`) goes on the blurred image only; with ``quantize`` both images are rounded to
-    8 bits.
+    values; a (low, high) range draws one gamma per image). With ``highlight_probability`` > 0, that share
+    of the images gets its near-white pixels boosted by ``highlight_gain`` before the blur
+    (:func:`~adeblur.data.camera.boost_highlights`), so their streaks saturate. Noise (``noise_sigma``,
+    ``poisson_peak``: a number or a (low, high) range drawn per image; see :func:`add_noise`) goes on the
+    blurred image only; with ``quantize`` both images are rounded to 8 bits; with ``jpeg_quality`` (a
+    number or a (low, high) range) a share ``jpeg_probability`` of the blurred images is JPEG-compressed
+    (:func:`~adeblur.data.camera.jpeg_compress`), the sharp targets stay as they are.
 
     Args:
         sharp: ``(B, C, H, W)`` in [0, 1].
         generator: random source (:class:`torch.Generator` or int seed).
         kernels: a bank to draw from uniformly per image (``(N, Kh, Kw)``, ``(N, 1, Kh, Kw)`` or a list
-            of ``(Kh, Kw)``, e.g. from :func:`load_kernels`); each is normalised and centred on its
-            centre of mass (:func:`center_kernel`). ``None``: generate with ``kernel_model``.
-        kernel_model: ``"trajectory"`` (:func:`trajectory_kernels`) or ``"linear"``
-            (:func:`random_linear_kernels`), support within ``length_range`` pixels.
+            of ``(Kh, Kw)``), or kernel files (a path or a list of paths, read by :func:`load_kernels`);
+            each is normalised and centred on its centre of mass (:func:`center_kernel`). ``None``:
+            generate with ``kernel_model``.
+        kernel_model: a family of :data:`KERNEL_FAMILIES` (``"trajectory"``: :func:`trajectory_kernels`,
+            ``"random-walk"``: :func:`random_walk_kernels`, ``"linear"``: :func:`random_linear_kernels`,
+            ``"defocus"``: :func:`defocus_kernels`) or ``{family: weight}`` (:func:`random_kernels`),
+            support within ``length_range`` pixels.
         kernel_size: canvas side K of the returned kernels (default: the smallest that fits).
         border: border mode of :func:`blur_with_kernels`.
 
@@ -964,19 +1279,38 @@ def synthesize_global_blur(
     generator = as_generator(generator)
     batch = sharp.shape[0]
     if kernels is not None:
-        bank = _kernel_bank(kernels, kernel_size)
+        bank = _kernel_bank(_read_kernel_files(kernels), kernel_size)
         choice = torch.randint(bank.shape[0], (batch,), generator=generator, device=generator.device)
         kernel = bank[choice.to(bank.device)].unsqueeze(1)
     elif kernel_model == "trajectory":
         kernel = trajectory_kernels(batch, generator=generator, size=kernel_size, length_range=length_range)
     elif kernel_model == "linear":
         kernel = random_linear_kernels(batch, generator=generator, length_range=length_range, size=kernel_size)
+    elif isinstance(kernel_model, Mapping) or kernel_model in KERNEL_FAMILIES:
+        kernel = random_kernels(
+            batch, generator=generator, families=kernel_model, length_range=length_range, size=kernel_size
+        )
     else:
-        raise ConfigError(f"kernel_model must be 'trajectory' or 'linear', got {kernel_model!r}")
+        raise ConfigError(f"kernel_model must be one of {', '.join(KERNEL_FAMILIES)} or a mapping, got {kernel_model!r}")
     kernel = kernel.to(device=sharp.device, dtype=sharp.dtype)
-    blur = _from_linear(blur_with_kernels(_to_linear(sharp, gamma), kernel, border=border), gamma)
-    sharp, blur = _finish(sharp, blur, generator, noise_sigma, poisson_peak, quantize)
+    camera = _camera_options(
+        batch, generator, gamma, highlight_probability, highlight_gain, jpeg_quality, jpeg_probability, sharp.device
+    )
+    linear = _linearise(sharp, camera)
+    if camera["gain"] is not None:
+        sharp = from_linear(linear, camera["gamma"])  # near-white pixels of boosted images become white
+    blur = from_linear(blur_with_kernels(linear, kernel, border=border), camera["gamma"])
+    sharp, blur = _finish(sharp, blur, generator, noise_sigma, poisson_peak, quantize, camera)
     return {"sharp": sharp, "blur": blur, "kernel": kernel}
+
+
+def _read_kernel_files(kernels):
+    """A kernel bank as given, or the kernels of a file path or of a list of file paths."""
+    if isinstance(kernels, (str, Path)):
+        kernels = [kernels]
+    if isinstance(kernels, (list, tuple)) and kernels and all(isinstance(k, (str, Path)) for k in kernels):
+        return [kernel for path in kernels for kernel in load_kernels(path)]
+    return kernels
 
 
 def _kernel_bank(kernels: torch.Tensor | Sequence[torch.Tensor], size: int | None) -> torch.Tensor:
@@ -1174,10 +1508,14 @@ def synthesize_local_blur(
     max_acceleration: float = 0.5,
     num_subframes: int | None = None,
     mask_threshold: float = 0.01,
-    gamma: float = 2.2,
+    gamma: float | tuple[float, float] = 2.2,
     noise_sigma: float | tuple[float, float] = 0.0,
     poisson_peak: float | tuple[float, float] | None = None,
     quantize: bool = True,
+    highlight_probability: float = 0.0,
+    highlight_gain: float | tuple[float, float] = (2.0, 8.0),
+    jpeg_quality: float | tuple[float, float] | None = None,
+    jpeg_probability: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Local motion blur (the ReLoBlur case): objects moving over a static background during the exposure.
 
@@ -1209,10 +1547,15 @@ def synthesize_local_blur(
         max_acceleration: bound on ``|a| / (2 |v|)`` (0 = constant velocity).
         num_subframes: N sub-frames; default: consecutive ones at most 1 px apart.
         mask_threshold: coverage threshold of the mask.
-        gamma: exponent of the linearisation (1 = average the stored values).
+        gamma: exponent of the linearisation (1 = average the stored values; a (low, high) range: one
+            per image).
         noise_sigma, poisson_peak: sensor noise on the blurred image only (:func:`add_noise`; a number or
             a (low, high) range per image). Keep it 0 for models that copy sharp regions through (M2AENet).
         quantize: round both images to 8 bits.
+        highlight_probability, highlight_gain: saturated highlights, as :func:`synthesize_global_blur`
+            (background and objects boosted alike).
+        jpeg_quality, jpeg_probability: JPEG as :func:`synthesize_global_blur`, but of both images, so the
+            static regions stay identical: a pair shot by one camera, as ReLoBlur's.
 
     Returns:
         ``{"sharp", "blur": (B, C, H, W), "mask": (B, 1, H, W), "displacement_start",
@@ -1241,14 +1584,18 @@ def synthesize_local_blur(
 
     count = torch.randint(fewest, most + 1, (batch,), generator=generator, device=generator.device).to(device)
     present = torch.arange(most, device=device) < count[:, None]  # (B, J)
-    colors, alphas = _blob_layers(_to_linear(object_source, gamma), most, object_size, generator, work)
+    camera = _camera_options(
+        batch, generator, gamma, highlight_probability, highlight_gain, jpeg_quality, jpeg_probability, device
+    )
+    gamma = camera["gamma"]
+    colors, alphas = _blob_layers(_linearise(object_source, camera), most, object_size, generator, work)
     alphas = (alphas * present[:, :, None, None, None]).to(dtype)
     velocity, acceleration = _quadratic_motion(
         batch, most, min_displacement, max_displacement, max_acceleration, generator
     )
 
     out = composite_moving_layers(
-        _to_linear(background, gamma),
+        _linearise(background, camera),
         colors,
         alphas,
         velocity,
@@ -1256,11 +1603,11 @@ def synthesize_local_blur(
         num_subframes=num_subframes,
         mask_threshold=mask_threshold,
     )
-    sharp, blur = _from_linear(out["sharp"], gamma), _from_linear(out["blur"], gamma)
+    sharp, blur = from_linear(out["sharp"], gamma), from_linear(out["blur"], gamma)
     # Gamma encoding magnifies faint smear tails on dark backgrounds: mark every visible difference.
     visible = (blur - sharp).abs().amax(dim=1, keepdim=True) > 0.5 / 255
     mask = torch.maximum(out["mask"], visible.to(dtype))
-    sharp, blur = _finish(sharp, blur, generator, noise_sigma, poisson_peak, quantize)
+    sharp, blur = _finish(sharp, blur, generator, noise_sigma, poisson_peak, quantize, camera, compress_sharp=True)
     return {**out, "sharp": sharp, "blur": blur, "mask": mask}
 
 
@@ -1328,3 +1675,80 @@ def _quadratic_motion(
     start, end = -velocity / 2 + acceleration / 4, velocity / 2 + acceleration / 4
     scale = extent / torch.maximum(start.norm(dim=-1), end.norm(dim=-1))
     return velocity * scale[..., None], acceleration * scale[..., None]
+
+
+def synthesize_layered_blur(
+    background: torch.Tensor,
+    *,
+    generator: torch.Generator | int,
+    kernels: torch.Tensor | Sequence[torch.Tensor] | str | Path | Sequence[str | Path],
+    object_source: torch.Tensor | None = None,
+    num_objects: int | tuple[int, int] = (1, 2),
+    object_size: tuple[float, float] = (0.1, 0.3),
+    kernel_scale: tuple[float, float] = (1.0, 2.5),
+    mask_threshold: float = 0.01,
+    gamma: float | tuple[float, float] = 2.2,
+    quantize: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Local blur by a second, independent generator: objects blurred by PSFs over a sharp background.
+
+    Each object ``j`` (a blob of :func:`synthesize_local_blur`'s shapes, textured from ``object_source``)
+    moves along the path of a kernel drawn from ``kernels`` (e.g. measured camera-shake PSFs, enlarged by
+    a factor ``U(kernel_scale)``), and is composited back to front in linear light by the layered model
+    ``blur = k_j * (alpha_j F_j) + (1 - k_j * alpha_j) blur`` (exact for a translating object in front of
+    what it covers). The sharp frame is the objects at the kernels' centre of mass. This is what the
+    project's cross-generator validation uses for local blur: the motion model (no quadratic
+    trajectories, no sub-frame rendering) and the motion paths differ from the training generator's.
+
+    Returns:
+        ``{"sharp", "blur": (B, C, H, W), "mask": (B, 1, H, W)}`` (no displacements: a PSF path has no
+        mid-exposure instant).
+
+    >>> k = linear_kernels(torch.tensor([9.0]), torch.tensor([0.0]))
+    >>> out = synthesize_layered_blur(torch.rand(2, 3, 32, 32), generator=0, kernels=k, num_objects=1)
+    >>> sorted(out), bool(out["mask"].any())
+    (['blur', 'mask', 'sharp'], True)
+    """
+    _check_batch(background, "background")
+    generator = as_generator(generator)
+    batch = background.shape[0]
+    device, dtype = background.device, background.dtype
+    work = _work_dtype(dtype)
+    object_source = background.roll(1, dims=0) if object_source is None else object_source
+    fewest, most = (num_objects, num_objects) if isinstance(num_objects, int) else tuple(int(n) for n in num_objects)
+    if not 1 <= fewest <= most:
+        raise ValueError(f"num_objects must be N or (low, high) with 1 <= low <= high, got {num_objects!r}")
+    bank = list(_kernel_bank(_read_kernel_files(kernels), None))
+    low_scale, high_scale = _range(kernel_scale, "kernel_scale")
+    count = torch.randint(fewest, most + 1, (batch,), generator=generator, device=generator.device).to(device)
+    camera = _camera_options(batch, generator, gamma, 0.0, 1.0, None, 0.0, device)
+    linear_background = _linearise(background, camera)
+    colors, alphas = _blob_layers(_linearise(object_source, camera), most, object_size, generator, work)
+    alphas = alphas.to(dtype) * (torch.arange(most, device=device) < count[:, None]).to(dtype)[..., None, None, None]
+    colors = colors.to(dtype)
+    choice = torch.randint(len(bank), (batch, most), generator=generator, device=generator.device).tolist()
+    scale = _uniform(low_scale, high_scale, (batch, most), generator, generator.device, torch.float64).tolist()
+    sharp, blur = linear_background.clone(), linear_background.clone()
+    coverage = torch.zeros_like(alphas[:, 0])
+    for layer in range(most):
+        kernels_here = []
+        for image in range(batch):
+            kernel = bank[choice[image][layer]]
+            side = 2 * round(kernel.shape[-1] * scale[image][layer] / 2) + 1
+            if side != kernel.shape[-1]:
+                kernel = F.interpolate(kernel[None, None], size=(side, side), mode="bilinear", align_corners=True)[0, 0]
+            kernels_here.append(center_kernel((kernel.clamp_min(0) / kernel.clamp_min(0).sum()).to(torch.float64)))
+        canvas = max(k.shape[-1] for k in kernels_here)
+        stacked = torch.stack([center_kernel(k, canvas) for k in kernels_here])[:, None].to(device=device, dtype=dtype)
+        alpha, color = alphas[:, layer], colors[:, layer]
+        smeared_alpha = blur_with_kernels(alpha, stacked, border="zero")
+        smeared = blur_with_kernels(alpha * color, stacked, border="zero")
+        blur = smeared + (1 - smeared_alpha) * blur
+        sharp = alpha * color + (1 - alpha) * sharp
+        coverage = torch.maximum(coverage, torch.maximum(smeared_alpha, alpha))
+    sharp, blur = from_linear(sharp, camera["gamma"]), from_linear(blur, camera["gamma"])
+    visible = (blur - sharp).abs().amax(dim=1, keepdim=True) > 0.5 / 255
+    mask = ((coverage > mask_threshold) | visible).to(dtype)
+    if quantize:
+        sharp, blur = quantize_8bit(sharp), quantize_8bit(blur)
+    return {"sharp": sharp, "blur": blur, "mask": mask}

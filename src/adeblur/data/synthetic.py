@@ -118,16 +118,21 @@ def _global(sharp: torch.Tensor, generator, options: dict) -> dict[str, torch.Te
 
 
 def with_kernel_canvas(global_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``global_options`` plus a fixed ``kernel_size`` of ``2 * length_range[1] - 1`` (129 by default)
-    unless it gives kernels or a size: one canvas for every sample, so batches stack.
+    """``global_options`` plus a fixed ``kernel_size`` of ``2 * length_range[1] - 1`` (129 by default;
+    6 pixels more when random-walk kernels, which are thickened, may be drawn) unless it gives kernels
+    or a size: one canvas for every sample, so batches stack.
 
     >>> with_kernel_canvas({"length_range": (5, 9)})["kernel_size"]
     17
+    >>> with_kernel_canvas({"length_range": (5, 9), "kernel_model": {"random-walk": 1}})["kernel_size"]
+    23
     """
     options = dict(global_options or {})
     if "kernels" not in options and "kernel_size" not in options:
         longest = options.get("length_range", (7, 65))[1]
-        options["kernel_size"] = 2 * math.ceil(longest) - 1
+        model = options.get("kernel_model", "trajectory")
+        thickened = "random-walk" in ([model] if isinstance(model, str) else list(model))
+        options["kernel_size"] = 2 * math.ceil(longest) - 1 + (6 if thickened else 0)
     return options
 
 
@@ -162,6 +167,10 @@ class SyntheticBlurDataset(Dataset):
             device, batched): samples then hold only ``sharp``, ``kind`` and ``name``.
         cache_images: keep each decoded image in memory (8-bit) after its first use, so an epoch does
             not decode every file again (in each DataLoader worker: a copy per worker).
+        scale_range: ``(low, high)`` within (0, 1]: each photo patch is cut from the image shrunk by a
+            factor drawn uniformly in the range (a window of ``patch / factor`` pixels, resized with
+            antialiasing), so one blur length meets content at several scales, and camera photos'
+            softness is reduced. Limited per image so that the window fits. ``None``: no rescaling.
 
     Raises:
         DatasetError: a missing or empty folder, an empty list, missing files.
@@ -187,6 +196,7 @@ class SyntheticBlurDataset(Dataset):
         global_options: Mapping[str, Any] | None = None,
         blur: bool = True,
         cache_images: bool = False,
+        scale_range: Sequence[float] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"synthetic blur kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -207,6 +217,12 @@ class SyntheticBlurDataset(Dataset):
         self.cache_images = bool(cache_images)
         self._decoded: dict[int, torch.Tensor] = {}
         self.global_options = with_kernel_canvas(self.global_options)
+        if scale_range is not None:
+            low, high = (float(v) for v in scale_range)
+            if not 0 < low <= high <= 1:
+                raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high <= 1, got {scale_range!r}")
+            scale_range = (low, high)
+        self.scale_range = scale_range
 
     def __len__(self) -> int:
         return self.length
@@ -262,6 +278,17 @@ class SyntheticBlurDataset(Dataset):
         else:
             image = image.to(torch.float32) / 255
         image_height, image_width = image.shape[-2:]
+        if self.scale_range is not None:
+            low, high = self.scale_range
+            factor = low + (high - low) * float(torch.rand((), generator=generator))
+            factor = max(factor, height / image_height, width / image_width)  # the window must fit
+            if factor < 1:
+                window = (min(image_height, round(height / factor)), min(image_width, round(width / factor)))
+                top = int(torch.randint(image_height - window[0] + 1, (), generator=generator))
+                left = int(torch.randint(image_width - window[1] + 1, (), generator=generator))
+                image = image[None, :, top : top + window[0], left : left + window[1]]
+                patch = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+                return patch[0].clamp(0, 1).contiguous(), path.stem
         scale = max(height / image_height, width / image_width)
         if scale > 1:
             size = (max(height, math.ceil(image_height * scale)), max(width, math.ceil(image_width * scale)))
