@@ -17,7 +17,8 @@ What decides whether new weights ship (issue 15): the gain over the blurred inpu
   there; whole-image PSNR and SSIM as ``adeblur evaluate``.
 
 Pairs are fixed by seeds, so runs compare. ``--model`` takes a registered name (its shipped weights) or
-``label=weights`` (a checkpoint of that model; the model is read from the checkpoint).
+``label=weights`` (a checkpoint of that model; the model is read from the checkpoint). ``--kernels``
+takes kernel files or folders of them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def held_out_pairs(content, kernels, count: int, size: int) -> dict[str, list[di
     return sets
 
 
-def score(models: list[str], content, kernels, levin: Path | None, count: int, size: int) -> dict:
+def score(models: list[str], content, kernels, levin: Path | None, count: int, size: int, device: str = "cpu") -> dict:
     """Scores of every model on every set, with the blurred input's and each model's gain over it."""
     pairs = held_out_pairs(content, kernels, count, size)
     report: dict = {"count": count, "size": size, "content": str(content), "kernels": [str(k) for k in kernels],
@@ -78,11 +79,12 @@ def score(models: list[str], content, kernels, levin: Path | None, count: int, s
     for entry in models:
         label, _, weights = entry.partition("=")
         name = label if not weights else None
-        model = load_model(name, weights or None, device="cpu")
+        model = load_model(name, weights or None, device=device)
+        where = next((p.device for p in model.parameters()), torch.device("cpu"))
         for set_name, samples in pairs.items():
             started = time.perf_counter()
             with torch.no_grad():
-                result = validate(model, samples, list(range(len(samples))), len(samples), torch.device("cpu"),
+                result = validate(model, samples, list(range(len(samples))), len(samples), where,
                                   include_input=True)  # fmt: skip
             inputs = {k.removeprefix("input_"): v for k, v in result.items() if k.startswith("input_")}
             scores = {k: v for k, v in result.items() if not k.startswith("input_")}
@@ -94,7 +96,7 @@ def score(models: list[str], content, kernels, levin: Path | None, count: int, s
         if levin is not None:
             from adeblur.engine.evaluate import evaluate_folder
 
-            result = evaluate_folder(levin, "paired", model=model, device="cpu")["summary"]
+            result = evaluate_folder(levin, "paired", model=model, device=str(where))["summary"]
             inputs = {"psnr": result["input_psnr"], "ssim": result["input_ssim"]}
             report["sets"]["levin-real"]["input"] = inputs
             report["sets"]["levin-real"]["models"][label] = {
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=64, help="pairs per synthetic set")
     parser.add_argument("--size", type=int, default=256, help="pair size (pixels, square)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cross_generator: {path} does not exist", file=sys.stderr)
             return 1
     levin = args.levin if args.levin.is_dir() else None
-    report = score(args.model, args.content, kernels, levin, args.count, args.size)
+    report = score(args.model, args.content, kernels, levin, args.count, args.size, args.device)
     text = json.dumps(report, indent=2)
     if args.json:
         from adeblur.io import write_text

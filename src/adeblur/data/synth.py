@@ -34,6 +34,7 @@ int seed): random numbers are drawn on the generator's device, so one seed gives
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1305,12 +1306,24 @@ def synthesize_global_blur(
 
 
 def _read_kernel_files(kernels):
-    """A kernel bank as given, or the kernels of a file path or of a list of file paths."""
+    """A kernel bank as given, or the kernels of kernel files: a path or a list of paths, each a file
+    (:func:`load_kernels`) or a folder (its kernel files, sorted by name); ``~`` and ``$VARIABLES`` are
+    expanded, as in training configs."""
     if isinstance(kernels, (str, Path)):
         kernels = [kernels]
-    if isinstance(kernels, (list, tuple)) and kernels and all(isinstance(k, (str, Path)) for k in kernels):
-        return [kernel for path in kernels for kernel in load_kernels(path)]
-    return kernels
+    if not (isinstance(kernels, (list, tuple)) and kernels and all(isinstance(k, (str, Path)) for k in kernels)):
+        return kernels
+    bank = []
+    for item in kernels:
+        path = Path(os.path.expandvars(os.path.expanduser(str(item))))
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.suffix.lower() in KERNEL_FILE_EXTENSIONS)
+            if not files:
+                raise KernelError(f"no kernel files in {str(path)!r}")
+        else:
+            files = [path]
+        bank += [kernel for file in files for kernel in load_kernels(file)]
+    return bank
 
 
 def _kernel_bank(kernels: torch.Tensor | Sequence[torch.Tensor], size: int | None) -> torch.Tensor:
