@@ -187,3 +187,18 @@ def test_m2aenet_loss_combines_the_terms():
     assert M2AENetLoss()(restored, only_motion, batch)["mask"].item() == 0.0
     only_mask = {"encoder4": {"scale": 8, "blur_logit": stage["blur_logit"]}}
     assert M2AENetLoss()(restored, only_mask, batch)["reblur"].item() == 0.0
+
+
+def test_psnr_loss_is_minus_the_mean_per_image_psnr():
+    from adeblur.losses import psnr_loss
+    from adeblur.metrics import psnr
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 3, 16, 16, generator=generator, dtype=torch.float64)
+    prediction = (target + 0.05 * torch.randn(3, 3, 16, 16, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    prediction[2] = target[2] + 0.2  # one image much worse: it weighs no more than the others
+    expected = -sum(float(psnr(prediction[i : i + 1], target[i : i + 1])) for i in range(3)) / 3
+    assert float(psnr_loss(prediction, target)) == pytest.approx(expected, abs=1e-4)  # eps = 1e-8 in the MSE
+    prediction.requires_grad_(True)
+    psnr_loss(prediction, target).backward()
+    assert bool(torch.isfinite(prediction.grad).all())

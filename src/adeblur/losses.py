@@ -49,6 +49,7 @@ __all__ = [
     "density_ratios",
     "fft_loss",
     "mask_loss",
+    "psnr_loss",
     "reblur_loss",
     "reconstruction_loss",
     "sampling_density_counts",
@@ -87,6 +88,19 @@ def fft_loss(prediction: Tensor, target: Tensor) -> Tensor:
     _check_pair(prediction, target)
     difference = torch.view_as_real(torch.fft.rfft2(prediction) - torch.fft.rfft2(target))
     return difference.abs().mean()
+
+
+def psnr_loss(prediction: Tensor, target: Tensor, *, eps: float = 1e-8) -> Tensor:
+    """NAFNet's PSNR loss: the mean over images of ``10 log10(MSE + eps)``, i.e. minus their PSNR in dB
+    for a peak of 1 (each image weighs the same however sharp it already is, unlike a pooled MSE).
+
+    >>> x = torch.zeros(2, 1, 4, 4)
+    >>> round(psnr_loss(x + 0.1, x).item(), 4)
+    -20.0
+    """
+    _check_pair(prediction, target)
+    mse = (prediction - target).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(mse + eps)).mean()
 
 
 def reconstruction_loss(prediction: Tensor, target: Tensor, *, fft_weight: float = 0.1) -> Tensor:

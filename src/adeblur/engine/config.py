@@ -72,12 +72,13 @@ class LossConfig:
     ``auto``: ``m2aenet`` (Eq. 7: reconstruction + 0.01 mask CE + reblur) for M2AENet models,
     ``adaptive-sampling`` (per-stage supervision, then REINFORCE on the policy heads; TPAMI Sec. 3.1.1)
     for saphnet-as / dmphn-as models, else ``reconstruction`` (L1 + (1 - SSIM) + 0.1 FFT, Eq. 8).
-    ``l1`` and ``mse`` (DMPHN's loss) are plain. ``options`` go to the loss (e.g. ``fft_weight``,
+    ``l1`` and ``mse`` (DMPHN's loss) are plain; ``psnr`` is NAFNet's PSNR loss (minus the mean
+    per-image PSNR). ``options`` go to the loss (e.g. ``fft_weight``,
     ``mask_weight``, ``tv_weight``; ``pretrain_steps``, ``baseline``: see
     :class:`~adeblur.losses.AdaptiveSamplingLoss`).
     """
 
-    name: Literal["auto", "m2aenet", "adaptive-sampling", "reconstruction", "l1", "mse"] = "auto"
+    name: Literal["auto", "m2aenet", "adaptive-sampling", "reconstruction", "l1", "mse", "psnr"] = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -65,7 +65,7 @@ from adeblur.engine.optim import ExponentialMovingAverage, build_optimizer, lear
 from adeblur.engine.profile import resolve_device, synchronize
 from adeblur.errors import ConfigError, TrainingError
 from adeblur.io import write_text
-from adeblur.losses import AdaptiveSamplingLoss, M2AENetLoss, reconstruction_loss
+from adeblur.losses import AdaptiveSamplingLoss, M2AENetLoss, psnr_loss, reconstruction_loss
 from adeblur.metrics import psnr, ssim, weighted_psnr, weighted_ssim
 from adeblur.models import M2AENet, build_model
 from adeblur.models.saphnet_as import SampledHierarchy
@@ -199,6 +199,8 @@ class Objective:
             loss = reconstruction_loss(restored, batch["sharp"], fft_weight=self.fft_weight)
         elif self.name == "l1":
             loss = F.l1_loss(restored, batch["sharp"])
+        elif self.name == "psnr":
+            loss = psnr_loss(restored, batch["sharp"])
         else:
             loss = F.mse_loss(restored, batch["sharp"])
         return {"loss": loss}
