@@ -3,7 +3,7 @@
     python scripts/recipe_study.py run --budget 480 --rows base lr-2e-3 ...   # append results to runs/study/study.json
     python scripts/recipe_study.py report --out docs/recipe-study.png         # table (markdown) + learning curves
 
-Every row starts from the same base: configs/m2aenet-lite-v2.yaml's data and validation (the
+Every row starts from the same base: configs/v2/m2aenet-lite.yaml's data and validation (the
 degradation model of issue 15; validation on Set14 with measured PSFs for global blur), with the
 ``nafnet-lite`` network and the ``reconstruction`` loss (no mask or reblur terms, so that only the recipe
 varies), one CPU thread. A row changes one thing (``ROWS``). Equal CPU time, not equal steps: a
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_CONFIG = ROOT / "configs" / "m2aenet-lite-v2.yaml"
+BASE_CONFIG = ROOT / "configs" / "v2" / "m2aenet-lite.yaml"
 BASE = ["model.name=nafnet-lite", "loss.name=reconstruction", "threads=1", "data.val_count=32", "keep_last=1"]
 CALIBRATION_STEPS, WARMUP_STEPS = 40, 12
 
@@ -50,7 +50,8 @@ def _cpu_seconds_per_step(overrides: list[str], folder: Path) -> float:
 
     shutil.rmtree(folder, ignore_errors=True)
     config = load_config(BASE_CONFIG, BASE + overrides + [f"steps={CALIBRATION_STEPS}", "data.val=null",
-                                                          f"output={folder}", "checkpoint_every=100000", "log_every=1"])  # fmt: skip
+                                                          f"output={folder}", "checkpoint_every=100000", "log_every=1",
+                                                          "schedule.warmup_steps=0"])  # fmt: skip
     marks: dict[int, float] = {}
 
     def on_event(event) -> None:

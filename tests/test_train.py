@@ -553,3 +553,13 @@ def test_cli_out_of_memory_is_one_line(monkeypatch, capsys):
     assert main(["models"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of memory" in err and "--tile" in err
+
+
+def test_v2_recipe_validates_and_holds_set14_and_the_measured_kernels_out():
+    config = load_config(ROOT / "configs" / "v2" / "m2aenet-lite.yaml")
+    assert config.name == "m2aenet-lite-v2" and config.model.name == "m2aenet-lite"
+    trained = [str(path) for source in config.data.train for path in (source.images or [])]
+    assert trained and not any("set14" in path for path in trained)
+    assert all("set14" in str(path) for path in config.data.val.images)
+    kernels = config.data.val.options["global_options"]["kernels"]
+    assert kernels and all(source.options["global_options"].get("kernels") is None for source in config.data.train)
