@@ -28,7 +28,12 @@ the data rather than the training. Masks are all ones, as the engine gives globa
 
 Models are the smallest of each family that still has every part of it (each case names its options),
 trained with Adam, a short linear warm-up and a cosine schedule over ``max_steps``; training stops at
-the first evaluation (every ``EVALUATE_EVERY`` steps) where every pair has gained 10 dB.
+the first evaluation (every ``EVALUATE_EVERY`` steps) where every pair has gained 10 dB. On one CPU
+thread the fast cases take 2-8 s each; the SAPHNet family and dmphn-as need 10-45 s (their
+content-aware and sampled stages cost 0.1-0.3 s a step at this size) and are marked ``slow``.
+
+With all-ones masks M2AENet's predicted mask ends all ones, so its pruned inference path runs over
+every pixel here; pruning a partial mask is checked in tests/test_models.py.
 """
 
 from __future__ import annotations
@@ -77,8 +82,11 @@ DMPHN_SMALL = {"levels": [1, 2], "widths": [16, 32], "blocks": 1}
 SAPHNET_SMALL = {"levels": [1, 2], "widths": [16, 32], "blocks": [0, 1], "clusters": 4, "kernel_size": 3}
 POLICY_SMALL = {"policy": "sample", "policy_channels": 8, "policy_layers": 2}
 # Pre-training on the uniform lattice, then the joint phase (sampled pixels, REINFORCE on the heads).
+# The L1 stage distance: with the default MSE, dmphn-as was still below +8 dB after 200 steps.
 SAMPLING_LOSS = {"pretrain_steps": 100, "distance": "l1"}
 
+# Every case trains with ``loss: auto``, the loss the engine picks for the model (configs/dmphn*.yaml and
+# configs/saphnet*.yaml choose plain ``mse`` instead, the one loss path not exercised here).
 CASES = {
     "nafnet": OverfitCase("nafnet", NAFNET_SMALL, "reconstruction", lr=2e-2, max_steps=200),
     "m2aenet": OverfitCase("m2aenet", M2AENET_SMALL, "m2aenet", lr=2e-2, max_steps=200),
@@ -96,6 +104,12 @@ CASES = {
         warmup_steps=20, loss_options=SAMPLING_LOSS,
     ),  # fmt: skip
 }
+#: Cases that train for more than ~10 s on one CPU thread (``-m "not slow"`` leaves them out).
+SLOW_CASES = {"saphnet", "saphnet-a", "saphnet-as", "dmphn-as"}
+CASE_PARAMS = [
+    pytest.param(case, id=name, marks=[pytest.mark.slow] if name in SLOW_CASES else [])
+    for name, case in CASES.items()
+]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +174,7 @@ def overfit(run: _Run, pairs: Mapping[str, Tensor]) -> tuple[Tensor, int]:
     return gains, evaluated_at
 
 
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_model_overfits_four_pairs_by_ten_db(case: OverfitCase, fixed_pairs, tmp_path):
     run = engine_run(case, tmp_path / "run")
     assert run.objective.name == case.expected_loss
