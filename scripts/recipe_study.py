@@ -133,10 +133,11 @@ def report(results: list[dict], plot: Path | None) -> str:
         figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
         for name in order:
             for entry in rows[name]:
-                xs = [p["cpu_seconds"] / 60 for p in entry["curve"]]
+                points = [p for p in entry["curve"] if p["step"] > 0]  # step 0: the untrained network, far below
+                xs = [p["cpu_seconds"] / 60 for p in points]
                 for axis, key in zip(axes, ("psnr", "psnr_w")):
                     base = entry["input_psnr" if key == "psnr" else "input_psnr_w"]
-                    axis.plot(xs, [p[key] - base for p in entry["curve"]], marker=".",
+                    axis.plot(xs, [p[key] - base for p in points], marker=".",
                               label=f"{name} s{entry['seed']}")  # fmt: skip
         for axis, key in zip(axes, ("PSNR", "PSNR_w")):
             axis.axhline(0, color="grey", lw=0.8)
