@@ -67,6 +67,7 @@ def _cpu_seconds_per_step(overrides: list[str], folder: Path) -> float:
 def run_row(name: str, seed: int, budget: float, out: Path) -> dict:
     from adeblur.engine.config import load_config
     from adeblur.engine.train import train
+    from adeblur.models import build_model
 
     description, overrides = ROWS[name]
     overrides = overrides + [f"seed={seed}"]
@@ -86,8 +87,7 @@ def run_row(name: str, seed: int, budget: float, out: Path) -> dict:
             curve.append({"step": event.step, "cpu_seconds": event.step * per_step, **row})
 
     result = train(config, callback=on_event)
-    params = sum(p.numel() for p in __import__("adeblur.models", fromlist=["build_model"]).build_model(
-        config.model.name, **config.model.options).parameters())  # fmt: skip
+    params = sum(p.numel() for p in build_model(config.model.name, **config.model.options).parameters())
     first = curve[0]
     last = curve[-1]
     return {

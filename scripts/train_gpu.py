@@ -21,7 +21,6 @@ two-step CPU run); ``--steps N`` skips the probe.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import shutil
@@ -71,8 +70,9 @@ def _adeblur(*args: str, env: dict[str, str]) -> None:
 
 def _rate(run: Path) -> float:
     """Patches per second of the probe's last logged interval."""
-    with open(run / "train.csv", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("patches_per_second")]
+    from adeblur.engine.logging import read_csv
+
+    rows = [row for row in read_csv(run / "train.csv") if row.get("patches_per_second")]
     if not rows:
         raise SystemExit(f"train_gpu: the probe logged no speed in {run / 'train.csv'} (raise --probe-steps)")
     return float(rows[-1]["patches_per_second"])
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         stage(args.stage)
         return 0
 
+    sys.path.insert(0, str(ROOT / "src"))  # adeblur from this checkout, installed or not (the GPU machine)
     data = args.data or (Path(os.environ["ADEBLUR_DATA"]) if "ADEBLUR_DATA" in os.environ else None)
     if data is None or not (data / "train").is_dir():
         raise SystemExit("train_gpu: no staged data: pass --data DIR (made by --stage DIR) or set ADEBLUR_DATA")
@@ -110,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(probe, ignore_errors=True)
         _adeblur("train", str(args.config), "--set", f"output={probe}", f"steps={args.probe_steps}",
                  "log_every=10", "data.val=null", *overrides, env=env)  # fmt: skip
-        import yaml
+        from adeblur.engine.config import load_config
 
-        batch = args.batch or yaml.safe_load(args.config.read_text())["data"]["batch_size"]
-        for entry in overrides:
-            if entry.startswith("data.batch_size="):
-                batch = int(entry.partition("=")[2])
+        batch = load_config(args.config, overrides).data.batch_size
         left = args.minutes * 60 - (time.monotonic() - started)
         steps = max(10, math.floor(0.92 * left * _rate(probe) / batch))  # 8 %: validation and checkpoints
     run = args.out / "run"

@@ -278,25 +278,25 @@ class SyntheticBlurDataset(Dataset):
         else:
             image = image.to(torch.float32) / 255
         image_height, image_width = image.shape[-2:]
+        window = (height, width)  # the crop, resized to the patch when it differs
         if self.scale_range is not None:
             low, high = self.scale_range
             factor = low + (high - low) * float(torch.rand((), generator=generator))
             factor = max(factor, height / image_height, width / image_width)  # the window must fit
             if factor < 1:
                 window = (min(image_height, round(height / factor)), min(image_width, round(width / factor)))
-                top = int(torch.randint(image_height - window[0] + 1, (), generator=generator))
-                left = int(torch.randint(image_width - window[1] + 1, (), generator=generator))
-                image = image[None, :, top : top + window[0], left : left + window[1]]
-                patch = F.interpolate(image, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-                return patch[0].clamp(0, 1).contiguous(), path.stem
         scale = max(height / image_height, width / image_width)
         if scale > 1:
             size = (max(height, math.ceil(image_height * scale)), max(width, math.ceil(image_width * scale)))
             image = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
             image_height, image_width = size
-        top = int(torch.randint(image_height - height + 1, (), generator=generator))
-        left = int(torch.randint(image_width - width + 1, (), generator=generator))
-        return image[:, top : top + height, left : left + width].contiguous(), path.stem
+        top = int(torch.randint(image_height - window[0] + 1, (), generator=generator))
+        left = int(torch.randint(image_width - window[1] + 1, (), generator=generator))
+        patch = image[:, top : top + window[0], left : left + window[1]]
+        if window != (height, width):
+            patch = F.interpolate(patch[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+            patch = patch[0].clamp(0, 1)
+        return patch.contiguous(), path.stem
 
     def __repr__(self) -> str:
         source = f"{len(self.paths)} images" if self.paths else "dead leaves"
